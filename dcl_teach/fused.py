@@ -1,0 +1,181 @@
+"""One kernel behind InfoNCE, DCL and DCLW: row blocks, analytic gradient, no 2N x 2N matrix.
+
+Every loss of the course has the same shape. For anchor ``a`` with similarities
+``s[a, j] = <z_a, z_j> / tau`` to the candidates ``j``, a positive ``p(a)`` and a weight ``w_a``
+on the positive term,
+
+    L_a = -w_a * s[a, p(a)] + logsumexp_{j in D(a)} s[a, j]
+
+where the denominator set ``D(a)`` is every candidate but the anchor itself (InfoNCE) or every
+candidate but the anchor and its positive (DCL, DCLW). InfoNCE and DCL have ``w_a = 1``.
+
+Its gradient has a closed form. With ``P[a, j]`` the softmax of row ``a`` over ``D(a)`` and
+``C[a, j] = P[a, j] - w_a [j = p(a)]``, the loss ``L = g * sum_a L_a`` (``g = 1 / M`` for the
+mean) has
+
+    dL/dz_a = (g / tau) sum_j C[a, j] z_j        dL/dz_j = (g / tau) sum_a C[a, j] z_a
+
+so a forward and backward pass need only three matrix products: ``S = Z_a Z^T`` and the two
+products with ``C``. :class:`ContrastiveFunction` walks the anchors in row blocks, computes the
+loss and, when a gradient is wanted, ``C`` of the block and its two products right away, while
+the block is still in cache. The full matrix, its softmax and its masks never exist at once:
+peak extra memory is one ``(block, K)`` tile plus the ``(K, D)`` gradient.
+
+:func:`dense_rows` is the plain full-matrix version with autograd, kept as the reference and
+as the "naive" baseline of the benchmark.
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: Default tile: this many float32 entries (8 MiB) per block of rows.
+DEFAULT_TILE_ENTRIES = 1 << 21
+
+
+def default_block_size(num_candidates: int) -> int:
+    """Rows per block so that one ``(block, K)`` float32 tile is about 8 MiB.
+
+    Example:
+        >>> default_block_size(8192)
+        256
+
+    Taught in notebook 04.
+    """
+    return max(16, DEFAULT_TILE_ENTRIES // max(num_candidates, 1))
+
+
+class ContrastiveFunction(torch.autograd.Function):
+    """Blockwise contrastive loss with its analytic gradient (see the module docstring).
+
+    ``apply(za, zc, rows, weights, tau, decoupled, block_size, scale)`` with ``za`` (M, D) the
+    anchors, ``zc`` (K, D) all candidates (the stacked two views, possibly gathered from every
+    rank), ``rows`` (M,) the index of each anchor inside ``zc`` (its positive sits at
+    ``(rows + K/2) mod K``), ``weights`` (M,) the weight ``w_a`` of each positive term, and
+    ``scale`` the reduction factor ``g``. Returns the scalar ``g * sum_a L_a``.
+
+    The gradient is computed during the forward pass, block by block, whenever autograd will
+    need it; ``backward`` only multiplies it by the incoming scalar. The function is therefore
+    differentiable once (no double backward).
+
+    Taught in notebook 04.
+    """
+
+    @staticmethod
+    def forward(ctx, za, zc, rows, weights, tau, decoupled, block_size, scale):  # noqa: D102
+        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        m, k = za.shape[0], zc.shape[0]
+        inv_tau = 1.0 / tau
+        za_s = za * inv_tau  # (M, D) 1/tau folded into the anchors: S comes out of one GEMM
+        zc_t = zc.t()  # (D, K)
+        positives = (rows + k // 2).remainder(k)  # (M,)
+        total = za.new_zeros(())
+        grad_za = torch.empty_like(za) if need_grad else None  # (M, D)
+        grad_zc = torch.zeros_like(zc) if need_grad else None  # (K, D)
+        for r0 in range(0, m, block_size):
+            r1 = min(r0 + block_size, m)
+            ar = torch.arange(r1 - r0, device=za.device)  # (b,)
+            self_b, pos_b, w_b = rows[r0:r1], positives[r0:r1], weights[r0:r1]  # (b,)
+            s = torch.mm(za_s[r0:r1], zc_t)  # (b, K)
+            s_pos = s[ar, pos_b]  # (b,) advanced indexing copies
+            s[ar, self_b] = float("-inf")
+            if decoupled:
+                s[ar, pos_b] = float("-inf")
+            s_max = s.amax(dim=1)  # (b,)
+            e = s.sub_(s_max[:, None]).exp_()  # (b, K) exp(s - max), masked entries are 0
+            denom = e.sum(dim=1)  # (b,)
+            lse = s_max + denom.log()  # (b,)
+            total = total + (lse - w_b * s_pos).sum()
+            if need_grad:
+                c = e.mul_((scale * inv_tau / denom)[:, None])  # (b, K) P[a, j] * g / tau
+                c[ar, pos_b] -= w_b * (scale * inv_tau)  # (b, K) C[a, j] * g / tau
+                torch.mm(c, zc, out=grad_za[r0:r1])  # (b, D)
+                grad_zc.addmm_(c.t(), za[r0:r1])  # (K, D)
+        if need_grad:
+            ctx.save_for_backward(grad_za, grad_zc)
+        return total * scale
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):  # noqa: D102
+        grad_za, grad_zc = ctx.saved_tensors
+        return grad_za * grad_out, grad_zc * grad_out, None, None, None, None, None, None
+
+
+def fused_rows(
+    za: torch.Tensor,
+    zc: torch.Tensor,
+    rows: torch.Tensor,
+    weights: torch.Tensor,
+    *,
+    tau: float,
+    decoupled: bool,
+    block_size: int | None = None,
+    scale: float = 1.0,
+) -> torch.Tensor:
+    """Scalar ``scale * sum_a L_a`` by the blockwise kernel (see the module docstring).
+
+    Args:
+        za: (M, D) anchor embeddings, already normalised.
+        zc: (K, D) candidate embeddings, the stacked views ``[z1; z2]`` of the (global) batch.
+        rows: (M,) int64 position of each anchor inside ``zc``.
+        weights: (M,) weight ``w_a`` of each positive term (ones for InfoNCE and DCL).
+        tau: temperature.
+        decoupled: drop the positive from the denominator (DCL, DCLW).
+        block_size: anchors per block; default from :func:`default_block_size`.
+        scale: reduction factor, ``1 / M`` for the mean.
+
+    Returns:
+        0-dim tensor.
+
+    Example:
+        >>> import torch.nn.functional as F
+        >>> z = F.normalize(torch.randn(8, 4, dtype=torch.float64), dim=1)
+        >>> rows, w = torch.arange(8), torch.ones(8, dtype=torch.float64)
+        >>> a = fused_rows(z, z, rows, w, tau=0.5, decoupled=True, block_size=3)
+        >>> b = dense_rows(z, z, rows, w, tau=0.5, decoupled=True).sum()
+        >>> bool(torch.isclose(a, b))
+        True
+
+    Taught in notebook 04.
+    """
+    if block_size is None:
+        block_size = default_block_size(zc.shape[0])
+    return ContrastiveFunction.apply(
+        za, zc, rows, weights.to(za.dtype), tau, decoupled, int(block_size), float(scale)
+    )
+
+
+def dense_rows(
+    za: torch.Tensor,
+    zc: torch.Tensor,
+    rows: torch.Tensor,
+    weights: torch.Tensor,
+    *,
+    tau: float,
+    decoupled: bool,
+) -> torch.Tensor:
+    """Per-anchor losses ``L_a`` from the full ``(M, K)`` similarity matrix, with autograd.
+
+    The straightforward form most libraries use: all similarities, masks, one ``logsumexp``.
+    Memory grows as M x K; the fused kernel gives the same numbers without that.
+
+    Args:
+        za, zc, rows, weights, tau, decoupled: as in :func:`fused_rows`.
+
+    Returns:
+        (M,) tensor of per-anchor losses.
+
+    Taught in notebook 01.
+    """
+    m, k = za.shape[0], zc.shape[0]
+    ar = torch.arange(m, device=za.device)  # (M,)
+    positives = (rows + k // 2).remainder(k)  # (M,)
+    s = za @ zc.t() / tau  # (M, K)
+    s_pos = s[ar, positives]  # (M,)
+    excluded = torch.zeros(m, k, dtype=torch.bool, device=za.device)  # (M, K)
+    excluded[ar, rows] = True
+    if decoupled:
+        excluded[ar, positives] = True
+    lse = s.masked_fill(excluded, float("-inf")).logsumexp(dim=1)  # (M,)
+    return lse - weights.to(s.dtype) * s_pos

@@ -1,0 +1,407 @@
+r"""InfoNCE, DCL and DCLW: the contrastive losses of the course.
+
+Notation (the same in every notebook; the paper's symbols on the right):
+
+=========  ===========================================  ==========================
+symbol     meaning                                      Yeh et al. (2021)
+=========  ===========================================  ==========================
+``z1, z2``  the two views' embeddings, (N, D)           :math:`z_i^{(1)}, z_i^{(2)}`
+``z``       both views stacked, ``cat([z1, z2])``, (2N, D)
+``s``       similarities ``z z^T / tau``, (2N, 2N)      :math:`\langle z_i, z_j\rangle/\tau`
+``tau``     temperature                                 :math:`\tau`
+``p``       softmax weight of an entry in a row's denominator
+``q``       coupling factor, 1 - p of the positive      :math:`q_B` (Eq. 4)
+``w``       DCLW weight of a positive pair              :math:`w(z_i^{(1)}, z_i^{(2)})`
+``sigma``   width of the DCLW weighting                 :math:`\sigma`
+=========  ===========================================  ==========================
+
+Each of the 2N anchors has one positive (the other view of the same image) and 2N - 2
+negatives (both views of every other image). The losses are averaged over all 2N anchors (the
+paper sums; ``reduction="sum"`` gives that). Embeddings are L2-normalised inside the loss unless
+``normalize=False``. All three run on the fused kernel of :mod:`dcl_teach.fused`: the statistics
+are computed in float32 (float64 inputs stay float64), blockwise, with the analytic gradient.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dcl_teach import distributed as dist_utils
+from dcl_teach.fused import dense_rows, fused_rows
+
+REDUCTIONS = ("mean", "sum", "none")
+IMPLEMENTATIONS = ("fused", "dense")
+
+
+def check_positive(name: str, value: object) -> float:
+    """Return ``value`` as a float, or raise if it is not a finite number > 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number > 0, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return value
+
+
+def check_embeddings(z1: torch.Tensor, z2: torch.Tensor, *, min_pairs: int, loss: str) -> None:
+    """Raise a clear ``TypeError``/``ValueError`` for views the losses cannot use.
+
+    Example:
+        >>> check_embeddings(torch.zeros(1, 4), torch.zeros(1, 4), min_pairs=2, loss="DCL")
+        Traceback (most recent call last):
+        ...
+        ValueError: DCL needs at least 2 pairs (N >= 2) so that every anchor has a negative, got N=1
+    """
+    for name, z in (("z1", z1), ("z2", z2)):
+        if not isinstance(z, torch.Tensor):
+            raise TypeError(
+                f"{name} must be a torch.Tensor of shape (N, D), got {type(z).__name__}"
+            )
+        if z.dim() != 2:
+            raise ValueError(f"{name} must be 2-D (N, D), got shape {tuple(z.shape)}")
+        if not z.is_floating_point():
+            raise TypeError(
+                f"{name} must have a floating dtype (float32, bfloat16, ...), got {z.dtype}"
+            )
+    if z1.shape != z2.shape:
+        raise ValueError(
+            f"z1 and z2 must have the same shape (N, D), got {tuple(z1.shape)} and {tuple(z2.shape)}"
+        )
+    if z1.device != z2.device:
+        raise ValueError(f"z1 and z2 must be on the same device, got {z1.device} and {z2.device}")
+    n, d = z1.shape
+    if d == 0:
+        raise ValueError("embeddings must have at least one dimension, got D=0")
+    if n < min_pairs:
+        raise ValueError(
+            f"{loss} needs at least {min_pairs} pairs (N >= {min_pairs}) so that every anchor has "
+            f"a negative, got N={n}"
+        )
+    finite = torch.stack([torch.isfinite(z1).all(), torch.isfinite(z2).all()]).tolist()
+    for name, z, ok in (("z1", z1, finite[0]), ("z2", z2, finite[1])):
+        if not ok:
+            bad = int((~torch.isfinite(z)).sum())
+            raise ValueError(f"{name} contains {bad} non-finite values (NaN or inf)")
+
+
+def _compute_dtype(z: torch.Tensor) -> torch.dtype:
+    # float64 stays float64 (gradcheck, references); everything else runs in float32, which is
+    # what keeps logsumexp stable at tau = 0.01 with bfloat16 or float16 inputs.
+    return torch.float64 if z.dtype == torch.float64 else torch.float32
+
+
+def _normalize(z: torch.Tensor, name: str) -> torch.Tensor:
+    norms = z.detach().norm(dim=1)  # (N,)
+    if bool((norms == 0).any()):
+        rows = torch.nonzero(norms == 0).flatten()[:5].tolist()
+        raise ValueError(f"{name} has all-zero rows {rows}: a zero embedding cannot be normalised")
+    return F.normalize(z, dim=1)
+
+
+def vmf_weights_from_cosines(c: torch.Tensor, *, sigma: float) -> torch.Tensor:
+    """DCLW weights ``w_i = 2 - exp(c_i / sigma) / mean_j exp(c_j / sigma)`` from cosines ``c``.
+
+    Computed as ``2 - N * softmax(c / sigma)``, which is the same number without overflow.
+
+    Args:
+        c: (N,) cosine similarity of each positive pair.
+        sigma: width of the weighting, > 0.
+
+    Returns:
+        (N,) weights; they average to exactly 1 and can be negative for outlier pairs.
+
+    Example:
+        >>> vmf_weights_from_cosines(torch.tensor([0.5, 0.5, 0.5]), sigma=0.5).tolist()
+        [1.0, 1.0, 1.0]
+
+    Taught in notebook 05.
+    """
+    return 2.0 - c.shape[0] * torch.softmax(c / sigma, dim=0)  # (N,)
+
+
+def _contrastive(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    *,
+    tau: float,
+    decoupled: bool,
+    sigma: float | None,
+    normalize: bool,
+    reduction: str,
+    gather_distributed: bool,
+    block_size: int | None,
+    impl: str,
+    name: str,
+) -> torch.Tensor:
+    tau = check_positive("tau", tau)
+    if sigma is not None:
+        sigma = check_positive("sigma", sigma)
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
+    if block_size is not None and (not isinstance(block_size, int) or block_size < 1):
+        raise ValueError(f"block_size must be a positive int or None, got {block_size!r}")
+    check_embeddings(z1, z2, min_pairs=2 if decoupled else 1, loss=name)
+
+    with torch.autocast(device_type=z1.device.type, enabled=False):
+        dtype = _compute_dtype(z1)
+        z1, z2 = z1.to(dtype), z2.to(dtype)
+        if normalize:
+            z1, z2 = _normalize(z1, "z1"), _normalize(z2, "z2")
+        n = z1.shape[0]
+        rank, world = dist_utils.world_info() if gather_distributed else (0, 1)
+
+        za = torch.cat([z1, z2])  # (2n, D) this rank's anchors
+        if world == 1:
+            zc = za  # (2N, D) the candidates are the anchors
+            rows = torch.arange(2 * n, device=za.device)  # (2N,)
+        else:
+            z1_all = dist_utils.gather_with_grad(z1)  # (nW, D)
+            z2_all = dist_utils.gather_with_grad(z2)  # (nW, D)
+            zc = torch.cat([z1_all, z2_all])  # (2nW, D)
+            local = torch.arange(n, device=za.device) + rank * n  # (n,)
+            rows = torch.cat([local, local + n * world])  # (2n,)
+
+        if sigma is None:
+            w = torch.ones(n, dtype=dtype, device=za.device)  # (n,)
+        else:
+            # Detached, over the whole (gathered) batch: see dclw's docstring.
+            c = (z1.detach() * z2.detach()).sum(dim=1)  # (n,) cosines of the positive pairs
+            c_all = dist_utils.gather_no_grad(c)  # (nW,)
+            w = vmf_weights_from_cosines(c_all, sigma=sigma)[rank * n : (rank + 1) * n]  # (n,)
+        weights = torch.cat([w, w])  # (2n,) both anchors of a pair share the pair's weight
+
+        if reduction == "none":
+            return dense_rows(za, zc, rows, weights, tau=tau, decoupled=decoupled)  # (2n,)
+        # DDP averages gradients over ranks; scaling the local share so that this average is
+        # the gradient of the global loss: 1/(2n) for the mean, W for the sum.
+        scale = 1.0 / (2 * n) if reduction == "mean" else float(world)
+        if impl == "fused":
+            loss = fused_rows(
+                za,
+                zc,
+                rows,
+                weights,
+                tau=tau,
+                decoupled=decoupled,
+                block_size=block_size,
+                scale=scale,
+            )
+        else:
+            loss = dense_rows(za, zc, rows, weights, tau=tau, decoupled=decoupled).sum() * scale
+        if world > 1:
+            # Report the loss of the whole global batch on every rank; the gradient stays local.
+            reported = dist_utils.mean_over_ranks(loss) * (1 if reduction == "mean" else 1.0)
+            loss = loss + (reported - loss).detach()
+        return loss
+
+
+def info_nce(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    *,
+    tau: float = 0.1,
+    normalize: bool = True,
+    reduction: str = "mean",
+    gather_distributed: bool = False,
+    block_size: int | None = None,
+    impl: str = "fused",
+) -> torch.Tensor:
+    r"""InfoNCE (NT-Xent, the SimCLR loss), Eq. (1.3) of the course; Eqs. (1)-(2) of Yeh et al. (2021).
+
+    .. math::
+        L_a = -s_{a,p(a)} + \log\Big(e^{s_{a,p(a)}} + \sum_{j \ne a, p(a)} e^{s_{a,j}}\Big)
+
+    The positive sits in the denominator beside the 2N - 2 negatives.
+
+    Args:
+        z1: (N, D) embeddings of the first view (``z^{(1)}``).
+        z2: (N, D) embeddings of the second view (``z^{(2)}``); row i is the positive of row i.
+        tau: temperature, > 0.
+        normalize: L2-normalise the rows first (turn off for embeddings already on the sphere).
+        reduction: ``"mean"`` over the 2N anchors, ``"sum"`` (the paper), or ``"none"`` for the
+            (2N,) per-anchor losses in the order of ``cat([z1, z2])`` (full-matrix path).
+        gather_distributed: take negatives from every rank of ``torch.distributed``. The value
+            returned on each rank is the loss of the global batch; the gradient is this rank's
+            share, so DistributedDataParallel's averaging yields the full-batch gradient.
+        block_size: anchors per block of the fused kernel (memory ~ block x 2N).
+        impl: ``"fused"`` (blockwise, analytic gradient) or ``"dense"`` (full matrix, autograd).
+
+    Returns:
+        0-dim float32 tensor (float64 for float64 inputs), or (2N,) with ``reduction="none"``.
+
+    Raises:
+        TypeError: non-tensor input, integer dtype, non-numeric tau.
+        ValueError: shapes, N < 1, tau <= 0, non-finite or all-zero embeddings.
+
+    Example:
+        >>> z = torch.ones(4, 3)
+        >>> round(info_nce(z, z).item(), 4), round(math.log(2 * 4 - 1), 4)
+        (1.9459, 1.9459)
+
+    Taught in notebook 01.
+    """
+    return _contrastive(
+        z1, z2, tau=tau, decoupled=False, sigma=None, normalize=normalize, reduction=reduction,
+        gather_distributed=gather_distributed, block_size=block_size, impl=impl, name="InfoNCE",
+    )  # fmt: skip
+
+
+def dcl(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    *,
+    tau: float = 0.1,
+    normalize: bool = True,
+    reduction: str = "mean",
+    gather_distributed: bool = False,
+    block_size: int | None = None,
+    impl: str = "fused",
+) -> torch.Tensor:
+    r"""Decoupled contrastive loss (DCL), Eq. (4.1) of the course; the DCL loss of Yeh et al. (2021).
+
+    .. math::
+        L_a = -s_{a,p(a)} + \log \sum_{j \ne a, p(a)} e^{s_{a,j}}
+
+    The positive is removed from the denominator, which removes the coupling factor q_B from
+    the gradient. The ratio inside the log can exceed 1, so the loss can be negative: that is
+    expected, not a bug.
+
+    Args:
+        z1, z2, tau, normalize, reduction, gather_distributed, block_size, impl: as in
+            :func:`info_nce`.
+
+    Returns:
+        0-dim tensor, or (2N,) with ``reduction="none"``.
+
+    Raises:
+        TypeError, ValueError: as :func:`info_nce`, and N < 2 (an anchor would have no negative).
+
+    Example:
+        >>> z = torch.ones(4, 3)
+        >>> round(dcl(z, z, tau=1.0).item(), 4), round(math.log(2 * 4 - 2), 4)
+        (1.7918, 1.7918)
+
+    Taught in notebook 04.
+    """
+    return _contrastive(
+        z1, z2, tau=tau, decoupled=True, sigma=None, normalize=normalize, reduction=reduction,
+        gather_distributed=gather_distributed, block_size=block_size, impl=impl, name="DCL",
+    )  # fmt: skip
+
+
+def dclw(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    *,
+    tau: float = 0.1,
+    sigma: float = 0.5,
+    normalize: bool = True,
+    reduction: str = "mean",
+    gather_distributed: bool = False,
+    block_size: int | None = None,
+    impl: str = "fused",
+) -> torch.Tensor:
+    r"""Weighted DCL (DCLW), Eq. (5.2) of the course; the DCLW loss of Yeh et al. (2021).
+
+    .. math::
+        L_a = -w_i\, s_{a,p(a)} + \log \sum_{j \ne a, p(a)} e^{s_{a,j}}, \qquad
+        w_i = 2 - \frac{e^{c_i/\sigma}}{\frac{1}{N}\sum_k e^{c_k/\sigma}}
+
+    with ``c_i = <z1_i, z2_i>`` the cosine similarity of pair i (not divided by tau), a negative
+    von Mises-Fisher weighting: pairs that are less similar than average (hard positives) pull
+    harder. The weights average to 1 over the batch and can go negative for outlier pairs.
+
+    The weights are computed over the whole batch (all ranks when gathered) and **detached**:
+    they scale each positive's pull but are not themselves optimised. The paper leaves this
+    open; detaching keeps the gradient the plain DCL gradient with a re-weighted positive
+    term (Eq. 5.3 of the course), avoids a second path through which the model could lower the
+    loss by making every pair equally similar, and matches lightly. Notebook 05 shows the
+    difference.
+
+    Args:
+        z1, z2, tau, normalize, reduction, gather_distributed, block_size, impl: as in
+            :func:`info_nce`.
+        sigma: width of the weighting, > 0.
+
+    Returns:
+        0-dim tensor, or (2N,) with ``reduction="none"``.
+
+    Raises:
+        TypeError, ValueError: as :func:`dcl`, and sigma <= 0.
+
+    Example:
+        >>> z = torch.ones(4, 3)  # all pairs alike: every weight is 1 and DCLW equals DCL
+        >>> bool(torch.isclose(dclw(z, z), dcl(z, z)))
+        True
+
+    Taught in notebook 05.
+    """
+    return _contrastive(
+        z1, z2, tau=tau, decoupled=True, sigma=sigma, normalize=normalize, reduction=reduction,
+        gather_distributed=gather_distributed, block_size=block_size, impl=impl, name="DCLW",
+    )  # fmt: skip
+
+
+LOSSES: dict[str, Callable[..., torch.Tensor]] = {"infonce": info_nce, "dcl": dcl, "dclw": dclw}
+
+
+class InfoNCELoss(nn.Module):
+    """:func:`info_nce` as a module; it only holds the hyperparameters.
+
+    Example:
+        >>> loss = InfoNCELoss(tau=0.2)
+        >>> loss(torch.ones(2, 3), torch.ones(2, 3)).shape
+        torch.Size([])
+
+    Taught in notebook 06.
+    """
+
+    def __init__(self, tau: float = 0.1, gather_distributed: bool = False) -> None:
+        super().__init__()
+        self.tau = check_positive("tau", tau)
+        self.gather_distributed = gather_distributed
+
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        return info_nce(z1, z2, tau=self.tau, gather_distributed=self.gather_distributed)
+
+    def extra_repr(self) -> str:
+        return f"tau={self.tau}, gather_distributed={self.gather_distributed}"
+
+
+class DCLLoss(InfoNCELoss):
+    """:func:`dcl` as a module; it only holds the hyperparameters.
+
+    Taught in notebook 06.
+    """
+
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        return dcl(z1, z2, tau=self.tau, gather_distributed=self.gather_distributed)
+
+
+class DCLWLoss(nn.Module):
+    """:func:`dclw` as a module; it only holds the hyperparameters.
+
+    Taught in notebook 06.
+    """
+
+    def __init__(self, tau: float = 0.1, sigma: float = 0.5, gather_distributed: bool = False):
+        super().__init__()
+        self.tau = check_positive("tau", tau)
+        self.sigma = check_positive("sigma", sigma)
+        self.gather_distributed = gather_distributed
+
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        return dclw(
+            z1, z2, tau=self.tau, sigma=self.sigma, gather_distributed=self.gather_distributed
+        )
+
+    def extra_repr(self) -> str:
+        return f"tau={self.tau}, sigma={self.sigma}, gather_distributed={self.gather_distributed}"
