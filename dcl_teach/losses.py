@@ -198,7 +198,7 @@ def _contrastive(
             loss = dense_rows(za, zc, rows, weights, tau=tau, decoupled=decoupled).sum() * scale
         if world > 1:
             # Report the loss of the whole global batch on every rank; the gradient stays local.
-            reported = dist_utils.mean_over_ranks(loss) * (1 if reduction == "mean" else 1.0)
+            reported = dist_utils.mean_over_ranks(loss)
             loss = loss + (reported - loss).detach()
         return loss
 

@@ -1,0 +1,64 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dcl_teach.fused import ContrastiveFunction, default_block_size, dense_rows, fused_rows
+
+
+def unit(n, d, seed):
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=1)
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+@pytest.mark.parametrize("block_size", [1, 4, 64])
+def test_gradcheck_single_process_layout(decoupled, block_size):
+    z = unit(10, 3, seed=1).requires_grad_()
+    rows = torch.arange(10)
+    w = torch.rand(10, dtype=torch.float64) * 2 - 0.5  # arbitrary weights, negative ones too
+
+    def f(x):
+        return ContrastiveFunction.apply(x, x, rows, w, 0.3, decoupled, block_size, 0.1)
+
+    assert torch.autograd.gradcheck(f, (z,))
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_gradcheck_separate_anchors_and_candidates(decoupled):
+    # the gathered layout: 4 local anchors among 12 candidates of a 3-rank batch
+    zc = unit(12, 4, seed=2).requires_grad_()
+    za = unit(4, 4, seed=3).requires_grad_()
+    rows = torch.tensor([2, 3, 8, 9])
+    w = torch.tensor([1.0, 0.5, 1.0, 0.5], dtype=torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda a, c: ContrastiveFunction.apply(a, c, rows, w, 0.5, decoupled, 3, 1.0), (za, zc)
+    )
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_fused_equals_dense_values_and_gradients(decoupled):
+    z = unit(33, 8, seed=4).requires_grad_()
+    rows = torch.arange(33 - 1)  # an even K is needed; use 32 candidates
+    z32 = z[:32]
+    w = torch.rand(32, dtype=torch.float64)
+    a = fused_rows(z32, z32, rows, w, tau=0.07, decoupled=decoupled, block_size=5, scale=1 / 32)
+    b = dense_rows(z32, z32, rows, w, tau=0.07, decoupled=decoupled).mean()
+    ga = torch.autograd.grad(a, z)[0]
+    gb = torch.autograd.grad(b, z)[0]
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ga, gb, rtol=1e-10, atol=1e-12)
+
+
+def test_backward_scales_with_the_incoming_gradient():
+    z = unit(8, 3, seed=5).requires_grad_()
+    rows, w = torch.arange(8), torch.ones(8, dtype=torch.float64)
+    (g1,) = torch.autograd.grad(fused_rows(z, z, rows, w, tau=0.2, decoupled=True), z)
+    (g3,) = torch.autograd.grad(3.0 * fused_rows(z, z, rows, w, tau=0.2, decoupled=True), z)
+    torch.testing.assert_close(g3, 3.0 * g1)
+
+
+def test_default_block_keeps_a_tile_near_8_mib():
+    for k in (64, 2048, 8192, 65536):
+        b = default_block_size(k)
+        assert b >= 16
+        assert b * k * 4 <= 8 * 2**20 or b == 16
