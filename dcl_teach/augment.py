@@ -325,6 +325,15 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 _JITTER_FNS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
 
 
+def _clamp_to_box(g: torch.Tensor, start: torch.Tensor, size: torch.Tensor, n: int) -> torch.Tensor:
+    """Clamp normalised sample positions ``g (B, S)`` to the first and last pixel centres of the
+    box ``[start, start + size]`` (fractions of an image side of ``n`` pixels)."""
+    centre = (2 * start + size - 1)[:, None]  # (B, 1)
+    lo = torch.minimum((2 * start - 1 + 1 / n)[:, None], centre)  # (B, 1)
+    hi = torch.maximum((2 * (start + size) - 1 - 1 / n)[:, None], centre)  # (B, 1)
+    return torch.maximum(torch.minimum(g, hi), lo)  # (B, S)
+
+
 def _check_images(images: torch.Tensor, recipe: Recipe) -> None:
     if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
         got = images.dtype if isinstance(images, torch.Tensor) else type(images).__name__
@@ -371,12 +380,14 @@ def apply_params(
     # Crop, resize and flip as one bilinear resampling. Output pixel centres in normalised
     # coordinates (align_corners=False) are u_j = (2j + 1) / size - 1; the crop box
     # [x0, x0 + w] maps them to x = (2 x0 + w - 1) + w u, and a flip negates the w u term.
+    # Samples are clamped to the centres of the crop's edge pixels, which is what cutting the
+    # crop out first and resizing it with F.interpolate (torchvision) does at the border.
     s = recipe.size
     u = (2 * torch.arange(s, device=x.device, dtype=torch.float32) + 1) / s - 1  # (S,)
     x0, y0, w, h = params["crop"].float().unbind(dim=1)  # (B,) each
     sign = 1.0 - 2.0 * params["flip"].float()  # (B,) -1 where flipped
-    gx = (2 * x0 + w - 1)[:, None] + (sign * w)[:, None] * u  # (B, S)
-    gy = (2 * y0 + h - 1)[:, None] + h[:, None] * u  # (B, S)
+    gx = _clamp_to_box((2 * x0 + w - 1)[:, None] + (sign * w)[:, None] * u, x0, w, images.shape[3])
+    gy = _clamp_to_box((2 * y0 + h - 1)[:, None] + h[:, None] * u, y0, h, images.shape[2])
     grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)
     # grid: (B, S, S, 2) with (x, y) last; border padding = edge clamping as in F.interpolate
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)

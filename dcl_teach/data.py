@@ -466,7 +466,7 @@ def write_fake_cifar10(
         pixels = rng.integers(0, 256, size=(records_per_batch, CIFAR10_RECORD - 1), dtype=np.uint8)
         members[fname] = np.concatenate([labels[:, None], pixels], axis=1).tobytes()  # (R, 3073)
     members[CIFAR10_META] = ("\n".join(CIFAR10_CLASSES) + "\n\n").encode()
-    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
+    with open(path, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz:
         with tarfile.open(fileobj=gz, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             folder = tarfile.TarInfo(CIFAR10_DIR)
             folder.type, folder.mode = tarfile.DIRTYPE, 0o755
