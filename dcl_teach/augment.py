@@ -258,28 +258,46 @@ def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return _blend(x, rgb_to_grayscale(x), factor)
 
 
+def _hue(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hue, saturation and value ``(B, H, W)`` each of float RGB ``(B, 3, H, W)``."""
+    r, g, b = x.unbind(dim=1)  # (B, H, W) each
+    maxc = x.amax(dim=1)  # (B, H, W) value V
+    chroma = maxc - x.amin(dim=1)  # (B, H, W)
+    flat = chroma == 0  # grey pixels: hue 0, saturation 0
+    sat = chroma / torch.where(flat, 1.0, maxc)  # (B, H, W)
+    inv = 1.0 / torch.where(flat, 1.0, chroma)  # (B, H, W)
+    # colorsys: the sector of the largest channel (ties: R before G before B) plus the
+    # normalised difference of the other two.
+    hue = torch.where(
+        maxc == r, (g - b) * inv, torch.where(maxc == g, 2.0 + (b - r) * inv, 4.0 + (r - g) * inv)
+    )  # (B, H, W) in [-1, 5]
+    hue = torch.remainder(hue / 6.0, 1.0)  # (B, H, W)
+    return hue, sat, maxc
+
+
+def _from_hsv(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """float RGB ``(B, 3, H, W)`` from hue, saturation, value ``(B, H, W)`` each.
+
+    Channel n in (R, G, B) = (5, 3, 1) is ``v - v s clamp(min(k, 4 - k), 0, 1)`` with
+    ``k = (n + 6 h) mod 6``: the piecewise-linear form of colorsys' six-sector table.
+    """
+    n = torch.tensor([5.0, 3.0, 1.0], device=h.device).view(1, 3, 1, 1)  # (1, 3, 1, 1)
+    k = torch.remainder(n + 6.0 * h.unsqueeze(1), 6.0)  # (B, 3, H, W)
+    ramp = torch.minimum(k, 4.0 - k).clamp(0, 1)  # (B, 3, H, W)
+    v, s = v.unsqueeze(1), s.unsqueeze(1)  # (B, 1, H, W) each
+    return v - v * s * ramp  # (B, 3, H, W)
+
+
 def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
     """Float RGB in [0, 1] ``(B, 3, H, W)`` -> HSV ``(B, 3, H, W)``, all channels in [0, 1].
+
+    Same convention as Python's ``colorsys`` and torchvision (grey pixels get hue 0).
 
     Example:
         >>> rgb_to_hsv(torch.tensor([0.0, 1.0, 0.0]).view(1, 3, 1, 1)).flatten().tolist()
         [0.3333333432674408, 1.0, 1.0]
     """
-    r, g, b = x.unbind(dim=1)  # (B, H, W) each
-    maxc = x.amax(dim=1)  # (B, H, W) value V
-    minc = x.amin(dim=1)  # (B, H, W)
-    chroma = maxc - minc  # (B, H, W)
-    flat = chroma == 0  # grey pixels: hue 0, saturation 0
-    sat = chroma / torch.where(flat, torch.ones_like(maxc), maxc)  # (B, H, W)
-    div = torch.where(flat, torch.ones_like(chroma), chroma)  # (B, H, W)
-    rc, gc, bc = (maxc - r) / div, (maxc - g) / div, (maxc - b) / div  # (B, H, W) each
-    is_r = maxc == r
-    is_g = (maxc == g) & ~is_r
-    is_b = ~is_r & ~is_g
-    hue = is_r * (bc - gc) + is_g * (2.0 + rc - bc) + is_b * (4.0 + gc - rc)  # (B, H, W)
-    hue = torch.remainder(hue / 6.0, 1.0)  # (B, H, W)
-    hue = torch.where(flat, torch.zeros_like(hue), hue)
-    return torch.stack([hue, sat, maxc], dim=1)  # (B, 3, H, W)
+    return torch.stack(_hue(x), dim=1)  # (B, 3, H, W)
 
 
 def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
@@ -290,21 +308,7 @@ def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
         [0.0, 0.0, 1.0]
     """
     h, s, v = x.unbind(dim=1)  # (B, H, W) each
-    h6 = h * 6.0
-    sector = torch.floor(h6)  # (B, H, W) which sixth of the colour wheel
-    frac = h6 - sector  # (B, H, W)
-    sector = sector.long().remainder(6)  # (B, H, W)
-    p = (v * (1 - s)).clamp(0, 1)
-    q = (v * (1 - s * frac)).clamp(0, 1)
-    t = (v * (1 - s * (1 - frac))).clamp(0, 1)
-    # For each sector, which of (v, q, p, t) each of R, G, B takes (colorsys' table).
-    table = torch.stack([v, q, p, t])  # (4, B, H, W)
-    pick = torch.tensor(
-        [[0, 1, 2, 2, 3, 0], [3, 0, 0, 1, 2, 2], [2, 2, 3, 0, 0, 1]], device=x.device
-    )  # (3 channels, 6 sectors) row index into table
-    idx = pick[:, sector]  # (3, B, H, W)
-    rgb = table.gather(0, idx)  # (3, B, H, W)
-    return rgb.transpose(0, 1)  # (B, 3, H, W)
+    return _from_hsv(h, s, v)  # (B, 3, H, W)
 
 
 def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -317,9 +321,8 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """
     if x.shape[1] == 1:
         return x
-    hsv = rgb_to_hsv(x)  # (B, 3, H, W)
-    hue = torch.remainder(hsv[:, 0] + shift.view(-1, 1, 1), 1.0)  # (B, H, W)
-    return hsv_to_rgb(torch.cat([hue.unsqueeze(1), hsv[:, 1:]], dim=1))  # (B, 3, H, W)
+    h, s, v = _hue(x)  # (B, H, W) each
+    return _from_hsv(h + shift.view(-1, 1, 1), s, v)  # (B, 3, H, W); k is taken mod 6
 
 
 _JITTER_FNS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)

@@ -379,7 +379,12 @@ def _extract(archive: Path, folder: Path) -> None:
                 f"{archive} lacks {', '.join(missing)}: it is not the CIFAR-10 binary archive. "
                 "Delete it and run again to re-download."
             )
-        os.replace(extracted, folder / CIFAR10_DIR)
+        try:
+            os.replace(extracted, folder / CIFAR10_DIR)
+        except OSError:
+            # Another process (e.g. a second rank of a distributed run) finished first.
+            if not (folder / CIFAR10_DIR).is_dir():
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

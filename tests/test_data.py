@@ -343,3 +343,12 @@ def test_real_cifar10_when_present():
         x.mean(dim=(0, 2, 3)), torch.tensor(mean).double(), atol=1e-4, rtol=0
     )
     torch.testing.assert_close(x.std(dim=(0, 2, 3)), torch.tensor(std).double(), atol=1e-4, rtol=0)
+
+
+def test_cifar10_concurrent_extraction_is_harmless(tmp_path, fake):
+    root = tmp_path / "data"
+    load_fake(root, fake)
+    before = (root / CIFAR10_DIR / "test_batch.bin").read_bytes()
+    data._extract(root / CIFAR10_ARCHIVE, root)  # a second process finishing later
+    assert (root / CIFAR10_DIR / "test_batch.bin").read_bytes() == before
+    assert leftovers(root) == []
