@@ -57,8 +57,22 @@ def test_backward_scales_with_the_incoming_gradient():
     torch.testing.assert_close(g3, 3.0 * g1)
 
 
-def test_default_block_keeps_a_tile_near_8_mib():
+def test_default_block_keeps_a_tile_near_16_mib():
     for k in (64, 2048, 8192, 65536):
         b = default_block_size(k)
         assert b >= 16
-        assert b * k * 4 <= 8 * 2**20 or b == 16
+        assert b * k * 4 <= 16 * 2**20 or b == 16
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_rows_far_below_the_shift_bound_are_redone_exactly(dtype, decoupled):
+    # orthogonal embeddings at tau = 0.01: every negative sits 100 below the bound 1/tau, so
+    # exp(s - 1/tau) underflows float32 and the exact row-max path must take over
+    z = torch.eye(8, dtype=dtype)
+    zc = torch.cat([z[:4], z[:4] * 0.6 + z[4:] * 0.8])  # positives at cosine 0.6
+    rows, w = torch.arange(8), torch.ones(8, dtype=dtype)
+    got = fused_rows(zc, zc, rows, w, tau=0.01, decoupled=decoupled)
+    ref = dense_rows(zc.double(), zc.double(), rows, w.double(), tau=0.01, decoupled=decoupled).sum()
+    assert torch.isfinite(got)
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-4)

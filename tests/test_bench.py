@@ -1,0 +1,43 @@
+import json
+
+import pytest
+
+from dcl_teach import bench
+
+
+def test_loss_bench_reports_every_variant_with_ratios(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    report = bench.main(
+        ["loss", "--sizes", "32", "--dim", "8", "--repeats", "1", "--json", str(out)]
+    )
+    printed = capsys.readouterr().out
+    saved = json.loads(out.read_text())
+    assert saved["results"] == report["results"]
+    variants = {r["variant"] for r in saved["results"]}
+    assert {"matmul floor", "fused", "naive"} <= variants
+    floor = next(r for r in saved["results"] if r["variant"] == "matmul floor")
+    assert floor["vs_floor"] == 1.0
+    for r in saved["results"]:
+        assert r["seconds"] > 0
+        assert r["peak_extra_MiB"] is not None and r["peak_extra_MiB"] >= 0
+    assert saved["machine"]["cores"] >= 1 and saved["machine"]["torch"]
+    assert "x floor" in printed and "naive/this" in printed
+
+
+def test_variants_compute_the_same_loss_they_time():
+    # the timed "naive" and "fused" variants must be the same loss, not merely run
+    import torch
+
+    from dcl_teach.losses import dcl
+
+    z1, z2 = bench._inputs(16, 4, "cpu")
+    assert torch.isclose(dcl(z1, z2, impl="dense"), dcl(z1, z2))
+
+
+def test_cuda_request_without_cuda_is_a_clear_error():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(SystemExit, match="CUDA is not available"):
+        bench.main(["--device", "cuda", "--sizes", "8", "--no-memory"])
