@@ -3,8 +3,10 @@
 ``python -m dcl_teach.bench loss`` (the default) times forward + backward of the contrastive
 losses and measures their peak extra memory, for the fused kernel, the naive full-matrix version
 and the "matmul floor": the three GEMMs that any forward and backward pass of these losses needs
-(``S = Z Z^T``, then ``S Z`` and ``S^T Z``). If lightly or pytorch-metric-learning are installed,
-their losses run in the same table.
+(``S = Z Z^T``, then ``S Z`` and ``S^T Z``). If lightly or pytorch-metric-learning are installed
+(``pip install --no-deps lightly pytorch-metric-learning`` is enough), their losses for the same
+quantity run in the same table: lightly's ``DCLLoss``/``DCLWLoss``/``NTXentLoss`` and
+pytorch-metric-learning's symmetric ``NTXentLoss``.
 
 ``python -m dcl_teach.bench train`` measures the training data pipeline (see
 :mod:`dcl_teach.bench_train`).
@@ -64,17 +66,36 @@ def _inputs(n: int, d: int, device: str, seed: int = 0):
     return z1, z2
 
 
+def _lightly_module(name: str):
+    """Import ``lightly.loss.<name>``; ``lightly.loss`` itself imports torchvision for unrelated
+    losses, so without torchvision the module file is loaded on its own."""
+    import importlib
+    import importlib.util
+
+    try:
+        return importlib.import_module(f"lightly.loss.{name}")
+    except ImportError:
+        import lightly.utils.dist  # noqa: F401 - the one lightly import the loss modules need
+
+        root = importlib.util.find_spec("lightly").submodule_search_locations[0]
+        spec = importlib.util.spec_from_file_location(f"_lightly_{name}", f"{root}/loss/{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+
 def _third_party(loss: str, tau: float) -> dict[str, Callable]:
     """Losses of other libraries for the same quantity, when they are installed."""
     out: dict[str, Callable] = {}
-    if loss == "dcl":
-        try:
-            from lightly.loss import DCLLoss  # type: ignore[import-not-found]
-
-            lightly_dcl = DCLLoss(temperature=tau)
-            out["lightly"] = lambda z1, z2: lightly_dcl(z1, z2)
-        except Exception:  # noqa: BLE001 - not installed, or does not import here
-            pass
+    try:
+        if loss == "dcl":
+            out["lightly DCLLoss"] = _lightly_module("dcl_loss").DCLLoss(temperature=tau)
+        elif loss == "dclw":
+            out["lightly DCLWLoss"] = _lightly_module("dcl_loss").DCLWLoss(temperature=tau)
+        else:
+            out["lightly NTXentLoss"] = _lightly_module("ntx_ent_loss").NTXentLoss(temperature=tau)
+    except Exception:  # noqa: BLE001 - not installed, or does not import here
+        pass
     if loss == "infonce":
         try:
             from pytorch_metric_learning.losses import (  # type: ignore[import-not-found]
@@ -82,8 +103,9 @@ def _third_party(loss: str, tau: float) -> dict[str, Callable]:
                 SelfSupervisedLoss,
             )
 
-            pml = SelfSupervisedLoss(NTXentLoss(temperature=tau), symmetric=True)
-            out["pytorch-metric-learning"] = lambda z1, z2: pml(z1, z2)
+            out["pytorch-metric-learning"] = SelfSupervisedLoss(
+                NTXentLoss(temperature=tau), symmetric=True
+            )
         except Exception:  # noqa: BLE001
             pass
     return out

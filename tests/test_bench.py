@@ -41,3 +41,19 @@ def test_cuda_request_without_cuda_is_a_clear_error():
         pytest.skip("CUDA is available here")
     with pytest.raises(SystemExit, match="CUDA is not available"):
         bench.main(["--device", "cuda", "--sizes", "8", "--no-memory"])
+
+
+def test_third_party_losses_agree_with_ours_when_installed():
+    import torch
+
+    from dcl_teach.losses import LOSSES
+
+    z1, z2 = bench._inputs(24, 6, "cpu")
+    found = 0
+    for kind in LOSSES:
+        for name, other in bench._third_party(kind, 0.1).items():
+            found += 1
+            ours = LOSSES[kind](z1, z2, tau=0.1)
+            assert torch.isclose(other(z1, z2), ours, rtol=1e-5), (kind, name)
+    if not found:
+        pytest.skip("neither lightly nor pytorch-metric-learning is installed")
