@@ -1,0 +1,485 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown] slideshow={"slide_type": "slide"}
+# # 05 · Weighted DCL (DCLW)
+#
+# DCL (notebook 04) treats every positive pair alike: each one pulls its two views together
+# with the same strength, $1/\tau$. Yet the pairs of a batch are far from alike. Some views are
+# already almost identical; others were changed so much by the augmentations that the encoder
+# still maps them far apart. Yeh et al. (2021) add a weight to the positive term that makes the
+# *hard* pairs, the ones that are far apart, pull harder, and the easy ones pull less. They call
+# it a negative von Mises-Fisher weighting, and the weighted loss DCLW.
+#
+# **In this notebook you will**
+#
+# 1. compute the weight $w_i$ (5.1) from the cosine of each positive pair, and see why the
+#    weights of a batch always average to exactly 1;
+# 2. explore what the width $\sigma$ does, with a slider;
+# 3. meet weights below zero: what makes them, and what they do to a pair;
+# 4. write the DCLW loss (5.2) and check its gradient (5.3) with the weights held fixed;
+# 5. compare with weights that are *not* detached: derive the extra gradient term (5.4),
+#    verify it with autograd and measure how large it is.
+
+# %% tags=["colab-install"]
+import sys
+
+if "google.colab" in sys.modules:  # installs the course package on Colab only
+    # %pip install -q "dcl-teach[course] @ git+https://github.com/dcl-teach/dcl-teach@v0.1.0"
+
+# %% slideshow={"slide_type": "skip"}
+import math
+
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+
+import dcl_teach
+from dcl_teach.exercises import check
+from dcl_teach.grads import dcl_grad, dclw_grad, vmf_weights
+from dcl_teach.losses import dcl, dclw, vmf_weights_from_cosines
+from dcl_teach.widgets import (
+    default_cosines,
+    explore_vmf_weights,
+    render_vmf_weights,
+    views_with_cosines,
+)
+
+# %matplotlib inline
+# %config InlineBackend.figure_formats = ["png"]
+torch.manual_seed(0)  # every random tensor below also takes its own seeded generator
+device = torch.device("cpu")  # everything here is small: a CPU is plenty, and prints stay exact
+print(f"dcl_teach {dcl_teach.__version__} on {device}")
+
+# %% [markdown] slideshow={"slide_type": "slide"}
+# ## 1. A weight for each positive pair
+#
+# Write $c_i = \langle z^{(1)}_i, z^{(2)}_i \rangle$ for the cosine of pair $i$ (unit embeddings;
+# note that $c_i$ is *not* divided by $\tau$). The function $e^{c/\sigma}$ is, up to a constant,
+# the density of a von Mises-Fisher distribution on the sphere, the sphere's analogue of a
+# Gaussian, with concentration $1/\sigma$: large for pairs that are well aligned, small for
+# pairs that are not. Divide it by its average over the batch and subtract the result from 2:
+#
+# $$w_i = 2 - \frac{e^{c_i/\sigma}}{\frac{1}{N}\sum_{k=1}^{N} e^{c_k/\sigma}}. \tag{5.1}$$
+#
+# Three properties follow at once. The fraction averages to exactly 1 over the batch (its
+# numerators sum to $N$ times its denominator), so **the weights average to exactly 1**: DCLW
+# does not change the total pull of the batch, it only redistributes it. The fraction is
+# positive, so $w_i < 2$. And $w_i$ falls as $c_i$ grows: pairs less aligned than the batch
+# typically is get $w_i > 1$ and pull harder, well-aligned pairs get $w_i < 1$.
+#
+# Here are 64 pairs whose cosines are spread between 0.2 and 0.95, and (5.1) written exactly as
+# it reads:
+
+# %%
+def vmf_naive(c: torch.Tensor, *, sigma: float) -> torch.Tensor:
+    """Eq. (5.1) as written: w_i = 2 - exp(c_i / sigma) / mean_k exp(c_k / sigma); c is (N,)."""
+    e = torch.exp(c / sigma)  # (N,)
+    return 2 - e / e.mean()  # (N,)
+
+
+c = default_cosines(64)  # (N,) cosines of the positive pairs, float64
+z1, z2 = views_with_cosines(c, 32, generator=torch.Generator().manual_seed(0))  # (N, D) each
+
+# %%
+# NBVAL_CHECK_OUTPUT
+w = vmf_naive(c, sigma=0.5)  # (N,)
+assert torch.allclose(w, vmf_weights(z1, z2, sigma=0.5), atol=1e-12)  # the package, from z
+assert math.isclose(w.mean().item(), 1.0, rel_tol=1e-12) and w.max() < 2
+print(
+    f"w in [{w.min():.3f}, {w.max():.3f}], mean {w.mean():.6f}; pair with c = {c.min():.3f} gets the most"
+)
+
+# %% [markdown]
+# Formula (5.1) as written has a trap. In float32, $e^{x}$ overflows beyond $x \approx 88.7$,
+# and $c/\sigma$ reaches that at $\sigma = 0.01$:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+naive32 = vmf_naive(c.float(), sigma=0.01)  # (N,)
+package32 = vmf_weights_from_cosines(c.float(), sigma=0.01)  # (N,)
+assert naive32.isnan().any() and package32.isfinite().all()
+print(
+    f"naive: {int(naive32.isnan().sum())} of 64 weights are NaN; package: all finite, mean {package32.mean():.4f}"
+)
+
+# %% [markdown]
+# The package never forms $e^{c_i/\sigma}$. Since
+# $e^{c_i/\sigma} / \frac{1}{N}\sum_k e^{c_k/\sigma} = N \operatorname{softmax}(c/\sigma)_i$, it
+# computes $w = 2 - N \operatorname{softmax}(c / \sigma)$, and the softmax subtracts the
+# largest entry before exponentiating.
+#
+# ### Exercise 5.1: the weights from the cosines
+#
+# Write `weights_from_cosines(c, sigma)` for (5.1) that survives $\sigma = 0.01$ in float32.
+# The check compares it with `dcl_teach.grads.vmf_weights` computed from the embeddings.
+
+# %% exercise="5.1" tags=["exercise"]
+def weights_from_cosines(c: torch.Tensor, sigma: float) -> torch.Tensor:
+    """DCLW weights (N,) of Eq. (5.1) from the cosines c (N,), stable for small sigma."""
+    # Your code here.
+    raise NotImplementedError
+
+
+# %% exercise="5.1" tags=["check"]
+verdict = check(
+    "5.1", weights_from_cosines, c.float(), 0.01, expected=vmf_weights(z1.float(), z2.float(), sigma=0.01),
+    atol=1e-4,
+)  # fmt: skip
+weights_fn = (
+    weights_from_cosines
+    if verdict.ok
+    else (lambda c, sigma: vmf_weights_from_cosines(c, sigma=sigma))
+)
+
+
+# %% exercise="5.1" jupyter={"source_hidden": true} tags=["solution"]
+def weights_from_cosines(c: torch.Tensor, sigma: float) -> torch.Tensor:  # noqa: F811
+    """DCLW weights (N,) of Eq. (5.1) from the cosines c (N,), stable for small sigma."""
+    return 2 - c.shape[0] * torch.softmax(c / sigma, dim=0)  # (N,) exp(c/s)/mean = N softmax
+
+
+# %% [markdown] slideshow={"slide_type": "slide"}
+# ## 2. What $\sigma$ does
+#
+# $\sigma$ sets how strongly the weight reacts to differences in alignment. For large $\sigma$,
+# $e^{c/\sigma} \approx 1 + c/\sigma$ and every weight is close to 1: DCLW turns into DCL. For
+# small $\sigma$ the softmax concentrates on the best-aligned pairs, which get weights far below
+# zero, while all the others approach the ceiling of 2. The table uses the 64 pairs from above,
+# with the weight function we carry on with.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print("sigma   min w   max w   w < 0   mean w")
+for sigma in (0.1, 0.2, 0.5, 1.0, 2.0, 10.0):
+    w = weights_fn(c, sigma)  # (N,)
+    assert abs(w.mean().item() - 1) < 1e-9
+    print(f"{sigma:5}  {w.min():6.3f}  {w.max():6.3f}  {int((w < 0).sum()):6}  {w.mean():7.4f}")
+
+# %% [markdown]
+# Each point of the figure is one pair; the orange curve is $w$ as a function of the cosine
+# for this batch. The dashed line is the mean weight, 1, and the dotted one is zero.
+
+# %%
+render_vmf_weights(sigma=0.2, cosines=c)
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# Move **sigma** and watch the curve bend. Where does the first weight cross zero? At $\sigma = 0.5$,
+# the value the public implementations use by default, this batch has no negative weight.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+explore_vmf_weights(c)
+
+# %% [markdown] slideshow={"slide_type": "slide"}
+# ## 3. Weights below zero
+#
+# A weight goes negative when one pair's $e^{c_i/\sigma}$ is more than twice the batch average,
+# i.e. when a pair is far better aligned than the rest. The cleanest example: 256 pairs, all at
+# cosine 0 except a single pair at cosine 1. Then
+# $w_1 = 2 - 256\,e^{2} / (255 + e^{2}) \approx -5.2$ at $\sigma = 0.5$.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+c_outlier = torch.zeros(256, dtype=torch.float64)  # (N,)
+c_outlier[0] = 1.0
+zo1, zo2 = views_with_cosines(c_outlier, 32, generator=torch.Generator().manual_seed(1))
+w_out = vmf_weights(zo1, zo2, sigma=0.5)  # (N,)
+closed = 2 - 256 * math.exp(2) / (255 + math.exp(2))
+assert math.isclose(w_out[0].item(), closed, rel_tol=1e-12) and (w_out[1:] > 1).all()
+print(
+    f"outlier pair: w = {w_out[0]:.4f}; the other 255: w = {w_out[1]:.4f}; mean {w_out.mean():.4f}"
+)
+
+# %% [markdown]
+# What does a negative weight do? The positive term of the loss is $-w_i c_i/\tau$: with
+# $w_i < 0$ the loss goes *down* when the pair moves *apart*. Let us watch it happen. Put the
+# outlier at cosine 0.9 instead (its weight is then about $-3.9$) and take five plain gradient
+# steps on the embeddings, renormalising after each, once with the DCL gradient and once with
+# the DCLW gradient:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+c_out9 = c_outlier.clone()
+c_out9[0] = 0.9
+zo1, zo2 = views_with_cosines(c_out9, 32, generator=torch.Generator().manual_seed(1))
+print(f"weight of the outlier pair: {vmf_weights(zo1, zo2, sigma=0.5)[0]:.3f}")
+for name, grad in (
+    ("DCL ", dcl_grad),
+    ("DCLW", lambda a, b, tau: dclw_grad(a, b, tau=tau, sigma=0.5)),
+):
+    a, b = zo1.clone(), zo2.clone()
+    for _ in range(5):
+        g1, g2 = grad(a, b, tau=0.1)
+        a, b = F.normalize(a - g1, dim=1), F.normalize(b - g2, dim=1)  # learning rate 1
+    print(f"{name}: outlier cosine 0.900 -> {(a[0] @ b[0]).item():.3f}")
+
+# %% [markdown]
+# DCL pulls the pair closer, as for every pair; DCLW pushes it apart. Whether that is a feature
+# (do not waste effort on a pair that is already aligned far beyond the others) or a flaw
+# (a positive pair should never be pushed apart) is a matter of taste; one proposal made for a
+# public implementation was to clamp the weights at zero. `dcl_teach` does not clamp, like the
+# implementations it is checked against. In practice, negative weights need a batch with a
+# strong outlier or a small $\sigma$; at $\sigma = 0.5$ the batch of section 1 has none.
+
+# %% [markdown] slideshow={"slide_type": "slide"}
+# ## 4. The DCLW loss and its gradient
+#
+# Put the weight on the positive term of (4.1); both anchors of pair $i$, one per view, share
+# the weight $w_i$:
+#
+# $$L^{\text{DCLW}}_a = -w_{i(a)}\, s_{a,p(a)} + \log \sum_{j \in \mathcal{N}(a)} e^{s_{a,j}}. \tag{5.2}$$
+#
+# This is the DCLW loss of Yeh et al.; the denominator is that of DCL, without the positive.
+# Per anchor, (5.2) is the DCL loss plus a correction to the positive term:
+# $L^{\text{DCLW}}_a = L^{\text{DCL}}_a + (1 - w_{i(a)})\, s_{a,p(a)}$.
+
+# %% [markdown]
+# ### Exercise 5.2: DCLW from DCL
+#
+# Write `dclw_from_dcl(z1, z2, tau, sigma)` that returns the $2N$ per-anchor DCLW losses using
+# `dcl(..., reduction="none")`, the weights and the positive similarities. Assume unit
+# embeddings (`normalize=False`).
+
+# %% exercise="5.2" tags=["exercise"]
+def dclw_from_dcl(z1: torch.Tensor, z2: torch.Tensor, tau: float, sigma: float) -> torch.Tensor:
+    """Per-anchor DCLW losses (2N,), Eq. (5.2), for unit-norm z1, z2 (N, D)."""
+    # Your code here.
+    raise NotImplementedError
+
+
+# %% exercise="5.2" tags=["check"]
+expected = dclw(z1, z2, tau=0.2, sigma=0.5, normalize=False, reduction="none")  # (2N,)
+verdict = check("5.2", dclw_from_dcl, z1, z2, 0.2, 0.5, expected=expected, atol=1e-9)
+
+
+# %% exercise="5.2" jupyter={"source_hidden": true} tags=["solution"]
+def dclw_from_dcl(z1: torch.Tensor, z2: torch.Tensor, tau: float, sigma: float) -> torch.Tensor:  # noqa: F811
+    """Per-anchor DCLW losses (2N,), Eq. (5.2), for unit-norm z1, z2 (N, D)."""
+    c = (z1 * z2).sum(dim=1)  # (N,) cosines of the positive pairs
+    w = 2 - c.shape[0] * torch.softmax(c / sigma, dim=0)  # (N,) Eq. (5.1)
+    s_pos = torch.cat([c, c]) / tau  # (2N,) each pair's similarity, seen from both anchors
+    per_dcl = dcl(z1, z2, tau=tau, normalize=False, reduction="none")  # (2N,)
+    return per_dcl + (1 - torch.cat([w, w])) * s_pos  # (2N,)
+
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# For the gradient, hold the weights fixed (*detach* them: they are numbers that scale the
+# pull, not functions the optimiser may change). Then (5.2) differs from (4.1) only by the
+# constant in front of $s_{a,p(a)}$, and the gradient is that of DCL (4.2) with the positive's
+# terms scaled by $w$:
+#
+# $$\frac{\partial L^{\text{DCLW}}_a}{\partial z_a} = -\frac{1}{\tau}\Big(w_{i(a)}\, z_{p(a)} - \sum_{j \in \mathcal{N}(a)} p^-_{a,j}\, z_j\Big), \quad
+# \frac{\partial L^{\text{DCLW}}_a}{\partial z_{p(a)}} = -\frac{w_{i(a)}}{\tau}\, z_a, \quad
+# \frac{\partial L^{\text{DCLW}}_a}{\partial z_j} = \frac{p^-_{a,j}}{\tau}\, z_a. \tag{5.3}$$
+#
+# Averaged over the $2N$ anchors, the positive part of the batch loss is
+# $-\frac{1}{N\tau}\sum_i w_i c_i$, so DCLW and DCL differ only along each pair's partner:
+# $\partial L^{\text{DCLW}} / \partial z^{(1)}_i - \partial L^{\text{DCL}} / \partial z^{(1)}_i = -\frac{w_i - 1}{N\tau}\, z^{(2)}_i$.
+# The package's `dclw` (with autograd), its closed form `dclw_grad`, and that difference:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+tau, sigma, n = 0.2, 0.5, 64
+zz = torch.cat([z1, z2]).requires_grad_()  # (2N, D) one leaf for autograd
+auto1, auto2 = torch.autograd.grad(dclw(zz[:n], zz[n:], tau=tau, sigma=sigma, normalize=False), zz)[
+    0
+].chunk(2)
+g1, g2 = dclw_grad(z1, z2, tau=tau, sigma=sigma)  # (N, D) each, Eq. (5.3) averaged
+assert torch.allclose(g1, auto1, atol=1e-12) and torch.allclose(g2, auto2, atol=1e-12)
+w = vmf_weights(z1, z2, sigma=sigma)[:, None]  # (N, 1)
+d1, d2 = dcl_grad(z1, z2, tau=tau)
+assert torch.allclose(g1 - d1, -(w - 1) / (n * tau) * z2, atol=1e-12)
+assert torch.allclose(g2 - d2, -(w - 1) / (n * tau) * z1, atol=1e-12)
+print(f"dclw_grad = autograd of dclw; DCLW - DCL = -(w - 1) / (N tau) x partner, for all {n} pairs")
+
+# %% [markdown] slideshow={"slide_type": "slide"}
+# ## 5. Detached or not?
+#
+# The weights depend on the embeddings, so one could also let the gradient flow through them.
+# The paper does not settle this, and public implementations differ: some detach the weights
+# (as `dcl_teach.dclw` does), others do not. The two choices give the same loss *value* but
+# different gradients. Let us derive the difference. Write
+# $\pi = \operatorname{softmax}(c/\sigma)$, so $w_i = 2 - N\pi_i$, and
+# $\bar c = \sum_i \pi_i c_i$, a mean of the cosines that leans towards the well-aligned pairs.
+# With $\partial \pi_i / \partial c_k = \pi_i(\delta_{ik} - \pi_k)/\sigma$, differentiating
+# $-\frac{1}{N\tau}\sum_i w_i c_i$ through the weights as well adds, for every pair $k$,
+#
+# $$\frac{\partial L}{\partial c_k}\bigg|_{\text{live } w} - \frac{\partial L}{\partial c_k}\bigg|_{\text{detached } w}
+# = \frac{\pi_k\,(c_k - \bar c)}{\tau\sigma} = \frac{(2 - w_k)(c_k - \bar c)}{N\tau\sigma}, \tag{5.4}$$
+#
+# which reaches the embeddings through $\partial c_k / \partial z^{(1)}_k = z^{(2)}_k$ and
+# $\partial c_k / \partial z^{(2)}_k = z^{(1)}_k$. Its sign tells the story: for a pair more
+# aligned than $\bar c$ the extra term pushes its cosine *down*, for a pair less aligned it pulls
+# it *up*. Live weights add a force that makes all pairs **equally** aligned, because the loss can
+# then also be lowered by reshaping the weights themselves. Detaching removes that second path.
+#
+# Here is the non-detached version, written with autograd in mind:
+
+# %%
+def dclw_live(z1: torch.Tensor, z2: torch.Tensor, *, tau: float, sigma: float) -> torch.Tensor:
+    """Mean DCLW loss (5.2) whose weights (5.1) are NOT detached; unit-norm z1, z2 (N, D)."""
+    c = (z1 * z2).sum(dim=1)  # (N,) cosines, with gradient
+    w = 2 - c.shape[0] * torch.softmax(c / sigma, dim=0)  # (N,) live weights
+    s_pos = torch.cat([c, c]) / tau  # (2N,)
+    per_dcl = dcl(z1, z2, tau=tau, normalize=False, reduction="none")  # (2N,)
+    return (per_dcl + (1 - torch.cat([w, w])) * s_pos).mean()
+
+
+# %%
+# NBVAL_CHECK_OUTPUT
+zz = torch.cat([z1, z2]).requires_grad_()  # (2N, D)
+live = dclw_live(zz[:n], zz[n:], tau=tau, sigma=sigma)
+detached = dclw(zz[:n], zz[n:], tau=tau, sigma=sigma, normalize=False)
+assert torch.allclose(live, detached, atol=1e-12)  # same value ...
+live1, live2 = torch.autograd.grad(live, zz)[0].chunk(2)
+det1, det2 = torch.autograd.grad(detached, zz)[0].chunk(2)
+with torch.no_grad():
+    pi = torch.softmax(c / sigma, dim=0)  # (N,)
+    extra = (pi * (c - (pi * c).sum()) / (tau * sigma))[:, None]  # (N, 1) Eq. (5.4)
+assert torch.allclose(live1 - det1, extra * z2, atol=1e-12)  # ... different gradients
+assert torch.allclose(live2 - det2, extra * z1, atol=1e-12)
+print(f"same loss {live.item():.4f}; gradients differ by exactly Eq. (5.4) on all {n} pairs")
+
+# %% [markdown]
+# How large is the extra term? It scales with $1/\sigma$ and with the spread of the cosines. The
+# table compares, for the 64 pairs of section 1, the norm of the extra gradient with the norm of
+# the whole detached gradient, and the average size of the extra pull on a pair's cosine with the
+# average detached pull $|w_k|$ (both in units of $1/(N\tau)$).
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print("sigma   |extra| / |detached grad|   mean |extra pull|   mean |w|")
+for s in (0.2, 0.5, 1.0, 2.0):
+    zz = torch.cat([z1, z2]).requires_grad_()
+    live = torch.autograd.grad(dclw_live(zz[:n], zz[n:], tau=tau, sigma=s), zz)[0]  # (2N, D)
+    det = torch.autograd.grad(dclw(zz[:n], zz[n:], tau=tau, sigma=s, normalize=False), zz)[0]
+    w = vmf_weights(z1, z2, sigma=s)  # (N,)
+    c_bar = ((2 - w) / n * c).sum()
+    pull = (2 - w) * (c - c_bar) / s  # (N,) Eq. (5.4) times N tau
+    ratio = ((live - det).norm() / det.norm()).item()
+    print(f"{s:5}  {ratio:25.3f}  {pull.abs().mean():18.3f}  {w.abs().mean():9.3f}")
+
+# %% [markdown]
+# At the default $\sigma = 0.5$ the extra term is a substantial fraction of the gradient, not a
+# rounding error, so the choice matters. The figure shows the pull on each pair's cosine,
+# $-N\tau\, \partial L / \partial c_k$: $w_k$ with detached weights, and
+# $w_k - (2 - w_k)(c_k - \bar c)/\sigma$ with live ones. The live pull is stronger than the
+# detached one below $\bar c$ and weaker above it: it drives the cosines towards $\bar c$. Note
+# that with live weights the best-aligned pairs of this batch are pushed *apart*, although every
+# one of their weights is positive.
+
+# %%
+w = vmf_weights(z1, z2, sigma=0.5)  # (N,)
+c_bar = ((2 - w) / n * c).sum()
+fig, ax = plt.subplots(figsize=(6.5, 3.6))
+ax.scatter(c, w, s=14, label="detached: $w_k$")
+ax.scatter(c, w - (2 - w) * (c - c_bar) / 0.5, s=14, marker="^", label="live: Eq. (5.4) added")
+ax.axvline(c_bar, color="0.4", ls=":", lw=1, label=r"$\bar c$")
+ax.axhline(0, color="0.3", lw=0.8)
+ax.set(
+    xlabel=r"cosine $c_k$ of pair $k$",
+    ylabel=r"pull $-N\tau\,\partial L/\partial c_k$",
+    title=r"$\sigma = 0.5$",
+)
+ax.legend()
+plt.show()
+
+# %% [markdown] slideshow={"slide_type": "slide"}
+# ## Summary
+#
+# * DCLW weighs the positive term of DCL with $w_i = 2 - e^{c_i/\sigma}/\text{mean}_k\, e^{c_k/\sigma}$
+#   (5.1), computed stably as $2 - N\operatorname{softmax}(c/\sigma)$.
+# * The weights average to exactly 1 and stay below 2: hard (poorly aligned) pairs pull harder,
+#   easy ones less. $\sigma$ sets how sharply: large $\sigma$ gives back DCL.
+# * A weight is negative when a pair is aligned far beyond the rest of the batch; that pair is
+#   then pushed apart.
+# * The DCLW loss (5.2) with detached weights has the DCL gradient with each positive term scaled
+#   by $w$ (5.3). Letting the gradient flow through the weights adds the term (5.4), which pulls
+#   all pair cosines towards a common value; `dcl_teach` detaches.
+#
+# **Exercises in this notebook**
+#
+# * 5.1 The weights from the cosines, stably.
+# * 5.2 DCLW from DCL.
+# * 5.3 The mean weight is 1, in every batch.
+# * 5.4 The outlier's weight in closed form.
+
+# %% [markdown] slideshow={"slide_type": "slide"}
+# ## Exercises
+#
+# ### Exercise 5.3: the mean weight is 1, in every batch
+#
+# Write `mean_weights(c, sigma)` for a whole stack of batches: `c` has shape $(B, N)$, one batch
+# of cosines per row, and the function returns the $(B,)$ mean weight of each batch, computed
+# from the weights (no shortcut!). Before running the check, write down why the answer does not
+# depend on `c` or `sigma`.
+
+# %% exercise="5.3" tags=["exercise"]
+def mean_weights(c: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Mean DCLW weight (B,) of each row of a (B, N) stack of cosine batches."""
+    # Your code here.
+    raise NotImplementedError
+
+
+# %% exercise="5.3" tags=["check"]
+c_stack = (
+    2 * torch.rand(100, 16, generator=torch.Generator().manual_seed(2), dtype=torch.float64) - 1
+)
+verdict = check(
+    "5.3", mean_weights, c_stack, 0.3, expected=torch.ones(100, dtype=torch.float64), atol=1e-9
+)
+
+
+# %% exercise="5.3" jupyter={"source_hidden": true} tags=["solution"]
+def mean_weights(c: torch.Tensor, sigma: float) -> torch.Tensor:  # noqa: F811
+    """Mean DCLW weight (B,) of each row of a (B, N) stack of cosine batches."""
+    # The softmax of each row sums to 1, so N softmax averages to 1 and w = 2 - N softmax to 1.
+    w = 2 - c.shape[1] * torch.softmax(c / sigma, dim=1)  # (B, N)
+    return w.mean(dim=1)  # (B,)
+
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# ### Exercise 5.4: the outlier's weight in closed form
+#
+# In a batch of $N$ pairs, one pair has cosine 1 and all others cosine 0. Write
+# `outlier_weight(n, sigma)` returning the outlier's weight as a float, in closed form (no
+# embeddings). Then find the smallest $N$ at which it is negative for $\sigma = 0.5$.
+
+# %% exercise="5.4" tags=["exercise"]
+def outlier_weight(n: int, sigma: float) -> float:
+    """Weight (5.1) of the one pair at cosine 1 among n pairs, the others at cosine 0."""
+    # Your code here.
+    raise NotImplementedError
+
+
+# %% exercise="5.4" tags=["check"]
+c_check = torch.zeros(40, dtype=torch.float64)
+c_check[0] = 1.0
+zc1, zc2 = views_with_cosines(c_check, 8, generator=torch.Generator().manual_seed(3))
+verdict = check(
+    "5.4", outlier_weight, 40, 0.5, expected=vmf_weights(zc1, zc2, sigma=0.5)[0], atol=1e-9
+)
+
+
+# %% exercise="5.4" jupyter={"source_hidden": true} tags=["solution"]
+def outlier_weight(n: int, sigma: float) -> float:  # noqa: F811
+    """Weight (5.1) of the one pair at cosine 1 among n pairs, the others at cosine 0."""
+    e = math.exp(1 / sigma)  # the outlier's exp(c / sigma); the others contribute exp(0) = 1
+    return 2 - n * e / (n - 1 + e)
+
+
+# %% [markdown]
+# Next: **06 Train it yourself**, where InfoNCE, DCL and DCLW train real encoders.
