@@ -75,8 +75,9 @@ class ContrastiveFunction(torch.autograd.Function):
         # the sphere). Shifting by it inside the first GEMM saves a max pass and a subtraction
         # pass over the tile; rows whose exponentials would underflow are redone exactly.
         bound = za_s.norm(dim=1) * zc.norm(dim=1).max()  # (M,)
-        lse = torch.empty(m, dtype=za.dtype, device=za.device)  # (M,)
-        s_pos = torch.empty(m, dtype=za.dtype, device=za.device)  # (M,)
+        shifts = torch.empty(m, dtype=za.dtype, device=za.device)  # (M,) shift of each row
+        log_denom = torch.empty(m, dtype=za.dtype, device=za.device)  # (M,)
+        e_pos = torch.empty(m, dtype=za.dtype, device=za.device)  # (M,) s[a, p(a)] - shift
         grad_za = torch.empty_like(za) if need_grad else None  # (M, D)
         grad_zc = torch.zeros_like(zc) if need_grad else None  # (K, D)
         for r0 in range(0, m, block_size):
@@ -85,7 +86,7 @@ class ContrastiveFunction(torch.autograd.Function):
             self_b, pos_b = rows[r0:r1], positives[r0:r1]  # (b,)
             shift = bound[r0:r1]  # (b,)
             e = torch.addmm(-shift[:, None], za_s[r0:r1], zc_t)  # (b, K) s - shift
-            s_pos[r0:r1] = e[ar, pos_b] + shift
+            e_pos[r0:r1] = e[ar, pos_b]
             e.exp_()  # (b, K) exp(s - shift) <= 1
             e[ar, self_b] = 0.0
             if decoupled:
@@ -94,21 +95,26 @@ class ContrastiveFunction(torch.autograd.Function):
             denom = out[:, -1]  # (b,)
             if bool((denom < 1e-30).any()):  # far below the bound: redo with the exact row max
                 e = torch.mm(za_s[r0:r1], zc_t)  # (b, K)
+                s_pos_b = e[ar, pos_b]  # (b,)
                 e[ar, self_b] = float("-inf")
                 if decoupled:
                     e[ar, pos_b] = float("-inf")
                 shift = e.amax(dim=1)  # (b,)
+                e_pos[r0:r1] = s_pos_b - shift
                 e.sub_(shift[:, None]).exp_()  # (b, K)
                 out = torch.mm(e, zc_ext)  # (b, D + 1)
                 denom = out[:, -1]  # (b,)
-            lse[r0:r1] = shift + denom.log()
+            shifts[r0:r1] = shift
+            log_denom[r0:r1] = denom.log()
             if need_grad:
                 # C[a, j] = P[a, j] - w_a [j = p(a)] with P = e / denom; the row scaling is
                 # applied to the (b, D) products rather than to the (b, K) tile.
                 coef = (scale * inv_tau) / denom  # (b,)
                 grad_za[r0:r1] = out[:, :-1] * coef[:, None]  # (b, D)
                 grad_zc.addmm_(e.t(), za[r0:r1] * coef[:, None])  # (K, D)
-        loss = (lse - weights * s_pos).sum() * scale
+        # L_a = shift + log(denom) - w_a (e_pos + shift): written so that the large shift
+        # cancels exactly when w_a = 1 instead of through rounding
+        loss = (log_denom - weights * e_pos + (1 - weights) * shifts).sum() * scale
         if need_grad:
             # the "- w_a [j = p(a)]" part of C, one entry per anchor
             wp = weights * (scale * inv_tau)  # (M,)

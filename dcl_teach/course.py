@@ -1,0 +1,196 @@
+"""Student and instructor editions and slide decks, generated from the one source: notebooks/.
+
+``python -m dcl_teach.course build`` reads every notebook in ``notebooks/`` and writes
+
+* ``student/``: exercise solutions and instructor notes removed; each exercise keeps its stub
+  and its self-check, which reports "not yet implemented" until the learner fills it in;
+* ``instructor/``: every exercise stub replaced by its solution, so every self-check passes,
+  and the instructor notes kept, marked as such;
+* ``slides/``: one reveal.js deck per notebook (``jupyter nbconvert --to slides``), from the
+  student edition, with the slide metadata of the source.
+
+An exercise is three cells sharing the metadata ``{"exercise": "k.m"}`` and tagged
+``exercise`` (the stub), ``check`` (the self-check) and ``solution`` (hidden answer); see
+:mod:`dcl_teach.exercises`. Instructor notes are markdown cells tagged ``instructor``. The
+editions are build outputs, never edited by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import re
+import sys
+from pathlib import Path
+
+import nbformat
+
+EDITIONS = ("student", "instructor")
+TAG_RE = re.compile(r"\\tag\{([^}]*)\}")
+
+
+class CourseError(ValueError):
+    """A source notebook breaks the exercise conventions."""
+
+
+def _tags(cell) -> list[str]:
+    return list(cell.get("metadata", {}).get("tags", []))
+
+
+def exercises(nb) -> dict[str, dict[str, int]]:
+    """Map each exercise number to the index of its ``exercise``, ``check`` and ``solution`` cells.
+
+    Raises:
+        CourseError: an exercise lacks one of its three cells, or has two of a kind.
+
+    Example:
+        >>> nb = nbformat.v4.new_notebook()
+        >>> for tag in ("exercise", "check", "solution"):
+        ...     nb.cells.append(nbformat.v4.new_code_cell("pass", metadata={"exercise": "1.1", "tags": [tag]}))
+        >>> exercises(nb)
+        {'1.1': {'exercise': 0, 'check': 1, 'solution': 2}}
+
+    Taught in notebook 00.
+    """
+    found: dict[str, dict[str, int]] = {}
+    for i, cell in enumerate(nb.cells):
+        number = cell.get("metadata", {}).get("exercise")
+        if number is None:
+            continue
+        kinds = [t for t in _tags(cell) if t in ("exercise", "check", "solution")]
+        if len(kinds) != 1:
+            raise CourseError(
+                f"cell {i} of exercise {number} needs exactly one of the tags exercise/check/solution, has {kinds}"
+            )
+        parts = found.setdefault(str(number), {})
+        if kinds[0] in parts:
+            raise CourseError(
+                f"exercise {number} has two '{kinds[0]}' cells (cells {parts[kinds[0]]} and {i})"
+            )
+        parts[kinds[0]] = i
+    for number, parts in found.items():
+        missing = {"exercise", "check", "solution"} - parts.keys()
+        if missing:
+            raise CourseError(f"exercise {number} lacks its {', '.join(sorted(missing))} cell(s)")
+        if not parts["exercise"] < parts["check"]:
+            raise CourseError(f"exercise {number}: the check cell must come after the stub")
+    return found
+
+
+def _clean(nb):
+    nb = copy.deepcopy(nb)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    nb.metadata.pop("jupytext", None)  # an edition is not paired with a script
+    return nb
+
+
+def student_edition(nb):
+    """The notebook without solutions and instructor notes, outputs cleared."""
+    exercises(nb)  # validate
+    out = _clean(nb)
+    out.cells = [c for c in out.cells if not {"solution", "instructor"} & set(_tags(c))]
+    return out
+
+
+def instructor_edition(nb):
+    """The notebook with each exercise stub replaced by its solution, outputs cleared."""
+    parts = exercises(nb)
+    out = _clean(nb)
+    drop = set()
+    for idx in parts.values():
+        solution = out.cells[idx["solution"]]
+        stub = out.cells[idx["exercise"]]
+        stub.source = re.sub(r"\s*# noqa: F811", "", solution.source)
+        stub.metadata["tags"] = [t for t in _tags(stub) if t != "exercise"] + ["exercise", "solved"]
+        drop.add(idx["solution"])
+    for cell in out.cells:
+        if "instructor" in _tags(cell) and cell.cell_type == "markdown":
+            if not cell.source.lstrip().startswith("> **Instructor note"):
+                cell.source = "> **Instructor note.**\n>\n" + "\n".join(
+                    "> " + line if line else ">" for line in cell.source.splitlines()
+                )
+    out.cells = [c for i, c in enumerate(out.cells) if i not in drop]
+    return out
+
+
+def slides_html(nb) -> str:
+    """A reveal.js deck of ``nb`` (its student edition), as ``jupyter nbconvert --to slides``."""
+    from nbconvert import SlidesExporter
+
+    deck = student_edition(nb)
+    for cell in deck.cells:
+        if "colab-install" in _tags(cell) or "colab-badge" in _tags(cell):
+            cell.metadata.setdefault("slideshow", {})["slide_type"] = "skip"
+    body, _ = SlidesExporter().from_notebook_node(deck)
+    return body
+
+
+def equation_tags(nb) -> list[str]:
+    r"""Every ``\tag{...}`` in the markdown cells, in order."""
+    return [t for c in nb.cells if c.cell_type == "markdown" for t in TAG_RE.findall(c.source)]
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def build(source: Path, out: Path, *, slides: bool = True) -> dict[str, list[Path]]:
+    """Write the editions (and decks) of every notebook in ``source`` under ``out``.
+
+    Returns:
+        ``{"student": [...], "instructor": [...], "slides": [...]}`` paths written.
+
+    Raises:
+        FileNotFoundError: ``source`` holds no notebook.
+        CourseError: a notebook breaks the exercise conventions (the message names it).
+    """
+    notebooks = sorted(Path(source).glob("[0-9][0-9]_*.ipynb"))
+    if not notebooks:
+        raise FileNotFoundError(f"no notebooks (NN_name.ipynb) in {source}")
+    written: dict[str, list[Path]] = {"student": [], "instructor": [], "slides": []}
+    for path in notebooks:
+        nb = nbformat.read(path, as_version=4)
+        try:
+            editions = {"student": student_edition(nb), "instructor": instructor_edition(nb)}
+        except CourseError as err:
+            raise CourseError(f"{path.name}: {err}") from None
+        for name, edition in editions.items():
+            target = Path(out) / name / path.name
+            _write(target, nbformat.writes(edition))
+            written[name].append(target)
+        if slides:
+            target = Path(out) / "slides" / (path.stem + ".slides.html")
+            _write(target, slides_html(nb))
+            written["slides"].append(target)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m dcl_teach.course build [--source notebooks] [--out build/course]``."""
+    p = argparse.ArgumentParser(
+        prog="python -m dcl_teach.course", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("command", choices=["build"])
+    p.add_argument("--source", default="notebooks", help="folder of the source notebooks")
+    p.add_argument("--out", default="build/course", help="where student/, instructor/, slides/ go")
+    p.add_argument("--no-slides", action="store_true", help="skip the reveal.js decks")
+    args = p.parse_args(argv)
+    try:
+        written = build(Path(args.source), Path(args.out), slides=not args.no_slides)
+    except (FileNotFoundError, CourseError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for name, paths in written.items():
+        if paths:
+            print(f"{name:>10}: {len(paths)} file(s) in {paths[0].parent}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
