@@ -89,3 +89,18 @@ def test_broken_exercise_is_reported_with_the_notebook_name(tmp_path):
 def test_build_without_notebooks_is_a_clear_error(tmp_path, capsys):
     assert course.main(["build", "--source", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "no notebooks" in capsys.readouterr().err
+
+
+def test_seminar_guide_assigns_only_exercises_that_exist():
+    import re
+
+    guide = (ROOT / "docs" / "teaching.md").read_text()
+    existing = set()
+    for path in SOURCES:
+        existing |= set(course.exercises(nbformat.read(path, as_version=4)))
+    named = set(re.findall(r"\b([0-6]\.[1-9])\b", guide.split("## Which exercises to assign")[1]))
+    named |= set(re.findall(r"exercises? ([0-6]\.[1-9])", guide))
+    assert named, "the guide names no exercise"
+    assert named <= existing, (
+        f"the guide assigns exercises that do not exist: {sorted(named - existing)}"
+    )
