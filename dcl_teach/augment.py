@@ -357,7 +357,8 @@ def apply_params(
 
     Args:
         images: ``uint8 (B, C, H, W)``.
-        params: output of :func:`sample_params` for ``B`` images, on the images' device.
+        params: output of :func:`sample_params` for ``B`` images (moved to the images'
+            device if needed).
         recipe: the recipe the parameters were drawn for (output size, normalisation, which
             jitter ops are active).
 
@@ -378,6 +379,7 @@ def apply_params(
     b, c = images.shape[:2]
     if params["crop"].shape != (b, 4):
         raise ValueError(f"params are for {params['crop'].shape[0]} images; got {b} images")
+    params = {k: v.to(images.device) for k, v in params.items()}  # no-op when already there
     x = images.float() / 255.0  # (B, C, H, W) in [0, 1]
 
     # Crop, resize and flip as one bilinear resampling. Output pixel centres in normalised
