@@ -1,0 +1,178 @@
+"""Structure of notebooks 00-02: the course conventions, checked on the saved notebooks.
+
+nbval runs the notebooks; these tests check what running cannot: the skeleton of each lesson,
+the equation numbering, the paper citations, and the three cells of every exercise.
+"""
+
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NAMES = ("00_start_here", "01_infonce_from_scratch", "02_infonce_gradient")
+EQUATION_TAGS = {
+    "00_start_here": [],
+    "01_infonce_from_scratch": ["1.1", "1.2", "1.3"],
+    "02_infonce_gradient": [f"2.{m}" for m in range(1, 8)],
+}
+COLAB_CELL = (
+    "import sys\n\n"
+    'if "google.colab" in sys.modules:  # installs the course package on Colab only\n'
+    '    %pip install -q "dcl-teach[course] @ git+https://github.com/dcl-teach/dcl-teach@v0.1.0"'
+)
+VERIFIED_PAPER_EQUATIONS = {1, 2, 3, 4}  # see shared/reference/dcl_paper_notes.md
+
+
+def _read(name):
+    return nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+
+
+def _tags(cell):
+    return cell.metadata.get("tags", [])
+
+
+def _markdown(nb):
+    return "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+
+
+def _text(cell):
+    return "".join(o.get("text", "") for o in cell.get("outputs", []))
+
+
+@pytest.fixture(params=NAMES, scope="module")
+def notebook(request):
+    return request.param, _read(request.param)
+
+
+def test_skeleton_title_goals_colab_setup(notebook):
+    name, nb = notebook
+    title, colab, setup = nb.cells[:3]
+    assert title.cell_type == "markdown" and title.source.startswith(f"# {name[:2]} · ")
+    assert "Learning goals" in title.source or "In this notebook you will" in title.source
+    assert colab.cell_type == "code" and _tags(colab) == ["colab-install"]
+    assert colab.source == COLAB_CELL
+    assert setup.cell_type == "code"
+    for line in (
+        "%matplotlib inline",
+        '%config InlineBackend.figure_formats = ["png"]',
+        "torch.manual_seed(0)",
+        "device = torch.device(",
+    ):
+        assert line in setup.source, f"{name}: the setup cell lacks {line!r}"
+    assert nb.cells[-1].cell_type == "markdown" and nb.cells[-1].source.startswith("## Summary")
+
+
+def test_every_section_starts_a_slide(notebook):
+    name, nb = notebook
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" and cell.source.startswith(("# ", "## ")):
+            slide = cell.metadata.get("slideshow", {}).get("slide_type")
+            assert slide == "slide", f"{name}: {cell.source.splitlines()[0]!r} is not a new slide"
+
+
+def test_equations_are_numbered_in_order_and_once(notebook):
+    name, nb = notebook
+    tags = re.findall(r"\\tag\{([^}]*)\}", _markdown(nb))
+    assert tags == EQUATION_TAGS[name]
+
+
+def test_references_to_course_equations_exist():
+    known = {t for tags in EQUATION_TAGS.values() for t in tags}
+    for name in NAMES:
+        refs = set(re.findall(r"\((\d\.\d)\)", _markdown(_read(name))))
+        assert refs <= known, f"{name} cites equations that do not exist: {sorted(refs - known)}"
+
+
+def test_only_verified_paper_equations_are_cited(notebook):
+    name, nb = notebook
+    text = _markdown(nb)
+    cited = set()
+    for match in re.finditer(
+        r"\bEqs?\.\s+(\d+)(?![.\d])((?:\s*(?:,|and|to)\s*\d+(?![.\d]))*)", text
+    ):
+        cited.add(int(match.group(1)))
+        cited.update(int(n) for n in re.findall(r"\d+", match.group(2)))
+    assert cited <= VERIFIED_PAPER_EQUATIONS, f"{name} cites paper equations {sorted(cited)}"
+    if name != "00_start_here":
+        assert cited, f"{name} never cites the paper"
+
+
+def test_exercises_are_stub_check_solution_in_sequence(notebook):
+    name, nb = notebook
+    k = int(name[:2])
+    numbers = []
+    for i, cell in enumerate(nb.cells):
+        if "exercise" not in _tags(cell):
+            continue
+        number = cell.metadata["exercise"]
+        numbers.append(number)
+        stub, chk, solution = nb.cells[i : i + 3]
+        assert [_tags(c) for c in (chk, solution)] == [["check"], ["solution"]], number
+        assert chk.metadata["exercise"] == solution.metadata["exercise"] == number
+        assert solution.metadata.get("jupyter", {}).get("source_hidden") is True, number
+        assert (
+            "raise NotImplementedError" in stub.source
+            and "NotImplementedError" not in solution.source
+        )
+        (fn,) = re.findall(r"^def (\w+)\(", stub.source, flags=re.M)
+        assert re.search(rf"^def {fn}\(", solution.source, flags=re.M), (
+            f"{number}: solution renames {fn}"
+        )
+        assert re.search(rf'check\(\s*"{re.escape(number)}",\s*{fn},', chk.source), number
+        assert re.search(rf"=\s*\(?\s*{fn}\s+if verdict\.ok\s+else", chk.source), number
+        heading = nb.cells[i - 1].source
+        assert re.match(rf"### Exercise {re.escape(number)}: \S", heading), number
+    assert numbers == [f"{k}.{m}" for m in range(1, len(numbers) + 1)] and len(numbers) >= 2
+
+
+def test_summary_lists_every_exercise_with_its_title(notebook):
+    name, nb = notebook
+    summary = nb.cells[-1].source
+    headings = re.findall(r"^### Exercise (\d\.\d): (.+)$", _markdown(nb), flags=re.M)
+    assert headings
+    for number, title in headings:
+        line = rf"^\* {re.escape(number)} {re.escape(title)}"
+        assert re.search(line, summary, flags=re.M | re.I), (
+            f"{name}: {number} {title} not summarised"
+        )
+
+
+def test_saved_outputs_are_complete_and_png_only(notebook):
+    name, nb = notebook
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.execution_count is not None for c in code), f"{name} is not fully executed"
+    outputs = [o for c in code for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert images and not [o for o in outputs if "image/svg+xml" in o.get("data", {})]
+    for cell in code:
+        if "NBVAL_CHECK_OUTPUT" in cell.source:
+            assert _text(cell).strip(), f"{name}: a CHECK_OUTPUT cell prints nothing"
+        if "check" in _tags(cell):
+            assert "not yet implemented" in _text(cell)  # saved as a learner first sees it
+        if "widgets." in cell.source and "interact" in cell.source:
+            assert cell.source.startswith("# NBVAL_IGNORE_OUTPUT")
+
+
+def test_start_here_maps_the_course_and_the_notation():
+    text = _markdown(_read("00_start_here"))
+    for k, title in enumerate(
+        (
+            "Start here",
+            "InfoNCE from scratch",
+            "gradient of InfoNCE",
+            "batch size and temperature",
+            "(DCL)",
+            "(DCLW)",
+            "Train it yourself",
+        )
+    ):
+        assert re.search(rf"\*\*0{k} [^|]*{re.escape(title)}", text), (
+            f"notebook 0{k} not in the table"
+        )
+    for symbol in ("`z1`", "`z2`", "`z`", "`s`", "`tau`", "`p`", "`q`", "`w`", "`sigma`"):
+        assert symbol in text, f"{symbol} missing from the notation table"
+    for paper in (r"q_{B,i}^{(k)}", r"U_{i,k}", r"w(z_i^{(1)}, z_i^{(2)})"):
+        assert paper in text
