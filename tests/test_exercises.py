@@ -84,9 +84,6 @@ def test_compare_tolerance_is_absolute_plus_relative(scale):
     assert compare(expected + 1.1 * bound, expected, atol=2 * bound) is None
 
 
-@pytest.mark.xfail(
-    strict=True, reason="equal infinities give inf - inf = nan and are reported as a mismatch"
-)
 def test_compare_accepts_equal_infinities():
     inf = float("inf")
     assert compare(torch.tensor([inf, -inf, 1.0]), torch.tensor([inf, -inf, 1.0])) is None
@@ -187,10 +184,24 @@ def test_verdict_is_immutable():
         verdict.status = "wrong"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an empty answer that matches passes compare, then max() over zero entries raises",
-)
 def test_check_never_raises_for_empty_outputs():
     verdict = check("9.5", lambda: torch.zeros(0), expected=torch.zeros(0), quiet=True)
     assert verdict.ok
+
+
+def test_numpy_answers_are_compared_not_rejected():
+    import numpy as np
+
+    from dcl_teach.exercises import compare
+
+    assert compare(np.array([1.0, 2.0]), torch.tensor([1.0, 2.0])) is None
+    assert compare(np.float32(2.0), 2.0) is None
+    assert "1 of 2 entries differ" in compare(np.array([1.0, 3.0]), torch.tensor([1.0, 2.0]))
+
+
+def test_complex_answers_are_compared_on_both_parts():
+    from dcl_teach.exercises import compare
+
+    a = torch.tensor([1 + 1j, 2 + 0j])
+    assert compare(a, a.clone()) is None
+    assert compare(torch.tensor([1 + 2j, 2 + 0j]), a) is not None
