@@ -292,7 +292,8 @@ def _ours(cell: dict) -> str | None:
 
 
 def _new_cell(cell_type: str, source: str, tag: str, *, with_id: bool) -> dict:
-    cell: dict = {"cell_type": cell_type, "metadata": {"tags": [tag]}, "source": source}
+    metadata = {"slideshow": {"slide_type": "skip"}, "tags": [tag]}  # not a slide (RISE)
+    cell: dict = {"cell_type": cell_type, "metadata": metadata, "source": source}
     if cell_type == "code":
         cell.update(execution_count=None, outputs=[])
     if with_id:
@@ -305,7 +306,8 @@ def _wanted(old: dict | None, new: dict) -> dict:
     if old is not None and old.get("cell_type") == new["cell_type"]:
         source = old.get("source", "")
         same = ("".join(source) if isinstance(source, list) else source) == new["source"]
-        if same and new["metadata"]["tags"][0] in old.get("metadata", {}).get("tags", []):
+        meta = old.get("metadata", {})
+        if same and all(meta.get(k) == v for k, v in new["metadata"].items()):
             return old
     return new
 

@@ -12,6 +12,7 @@ tells a broken harness (JupyterLab, widgets, browser) from a broken notebook 03.
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -126,7 +127,8 @@ ANY_CELL_STARTED = f"""() => [...document.querySelectorAll('{NB} .jp-CodeCell .j
 
 ALL_CELLS_RUN = f"""() => {{
     const prompts = [...document.querySelectorAll('{NB} .jp-CodeCell .jp-InputPrompt')]
-        .map(p => p.textContent.trim());
+        .map(p => p.textContent.trim())
+        .filter(t => t !== '');  // the blank prompt of a collapsed input (a hidden solution)
     return prompts.length > 0 && prompts.every(t => /^\\[\\d+\\]:$/.test(t));
 }}"""
 
@@ -135,38 +137,46 @@ ERRORS = f"""() => [...document.querySelectorAll('{NB} {STDERR}')]
     .filter(t => /Traceback|Error:/.test(t))"""
 
 
+def exact(text: str) -> re.Pattern:
+    return re.compile(rf"^\s*{re.escape(text)}\s*$")
+
+
+def explorer(page):
+    """The first ``interactive`` box in the visible notebook that holds both sliders."""
+    box = page.locator(f"{NB} .widget-interact")
+    for description in SLIDERS:
+        box = box.filter(
+            has=page.locator(".widget-slider .widget-label", has_text=exact(description))
+        )
+    return box.first
+
+
+def slider(page, description: str):
+    """The explorer's slider whose label reads ``description``."""
+    label = page.locator(".widget-label", has_text=exact(description))
+    return explorer(page).locator(".widget-slider").filter(has=label).first
+
+
 def figure_src(page) -> str:
     """``src`` of the figure in the explorer's output area (a ``data:image/png`` URL)."""
-    img = page.locator(f"{NB} .widget-interact .jp-RenderedImage img").last
+    img = explorer(page).locator(".jp-RenderedImage img").last
     img.wait_for(state="visible", timeout=60_000)
     return img.get_attribute("src")
 
 
-def slider(page, description: str):
-    """The slider widget whose label reads ``description``."""
-    return page.locator(f"{NB} .widget-slider").filter(
-        has=page.locator(".widget-label", has_text=description)
-    )
-
-
-def show_explorer(page) -> None:
-    """Scroll the explorer (sliders and figure) to the top of the notebook view."""
-    page.locator(f"{NB} .widget-interact").last.evaluate("e => e.scrollIntoView({block: 'start'})")
-
-
 def move_and_wait_for_redraw(page, description: str, before: str, key: str = "ArrowRight") -> str:
     """Focus the slider's handle, press an arrow key once, wait for the new figure."""
-    handle = slider(page, description).locator(".noUi-handle").first
-    readout = slider(page, description).locator(".widget-readout").first
+    handle = slider(page, description).locator(".noUi-handle")
+    readout = slider(page, description).locator(".widget-readout")
     old_value = readout.inner_text()
     handle.focus()
     page.keyboard.press(key)
     page.wait_for_function(
-        """([img, old]) => {
-            const now = [...document.querySelectorAll(img)].pop();
-            return now && now.src !== old;
+        """([box, old]) => {
+            const now = [...box.querySelectorAll('.jp-RenderedImage img')].pop();
+            return now !== undefined && now.src !== old;
         }""",
-        arg=[f"{NB} .widget-interact .jp-RenderedImage img", before],
+        arg=[explorer(page).element_handle(), before],
         timeout=60_000,
     )
     page.wait_for_function(KERNEL_IDLE, timeout=60_000, polling=250)
@@ -200,11 +210,9 @@ def run_all_and_move_sliders(page, server, notebook: str, shots: Path) -> dict:
         page.locator(f"{NB} {STDERR}").first.scroll_into_view_if_needed()
         page.screenshot(path=shots / "1_ran_all.png")
         return {"figures": [], "errors": errors}
-    for description in SLIDERS:
-        slider(page, description).first.wait_for(state="visible", timeout=60_000)
-
+    explorer(page).wait_for(state="visible", timeout=60_000)
     first = figure_src(page)
-    show_explorer(page)
+    explorer(page).evaluate("e => e.scrollIntoView({block: 'start'})")  # sliders and figure
     page.screenshot(path=shots / "1_ran_all.png")
     after_tau = move_and_wait_for_redraw(page, "tau", first)
     page.screenshot(path=shots / "2_moved_tau.png")

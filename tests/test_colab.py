@@ -79,7 +79,7 @@ def test_ref_follows_the_package_version():
 
 
 def test_repo_slug_rejects_a_non_github_url():
-    assert colab.repo_slug() == "dcl-teach/dcl-teach"
+    assert colab.repo_slug() == colab.REPO_URL.removeprefix("https://github.com/")
     with pytest.raises(ValueError, match="expected https://github.com/OWNER/NAME"):
         colab.repo_slug("https://gitlab.com/o/r")
 
@@ -189,7 +189,7 @@ def test_install_cell_pip_installs_the_matching_version_on_colab(monkeypatch):
     calls = []
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: calls.append((a, k)))
     exec(colab.install_cell_source(), {})
-    spec = f"dcl-teach @ git+https://github.com/dcl-teach/dcl-teach@{colab.BRANCH_OR_TAG}"
+    spec = f"dcl-teach @ git+{colab.REPO_URL}@{colab.BRANCH_OR_TAG}"
     assert calls == [(([sys.executable, "-m", "pip", "install", "-q", spec],), {"check": True})]
 
 
@@ -205,7 +205,7 @@ def test_readme_only_the_marked_region_changes(tmp_path):
     assert head == "# Course\n\nIntro.\n\n" and tail == "\n\nBody.\n"
     assert region == colab.readme_badges(["notebooks/00_toy.ipynb"]) + "\n"
     assert (
-        "mybinder.org/v2/gh/dcl-teach/dcl-teach/" in region
+        f"mybinder.org/v2/gh/{colab.repo_slug()}/" in region
         and "colab.research.google.com" in region
     )
 
