@@ -73,6 +73,8 @@ def test_rows_far_below_the_shift_bound_are_redone_exactly(dtype, decoupled):
     zc = torch.cat([z[:4], z[:4] * 0.6 + z[4:] * 0.8])  # positives at cosine 0.6
     rows, w = torch.arange(8), torch.ones(8, dtype=dtype)
     got = fused_rows(zc, zc, rows, w, tau=0.01, decoupled=decoupled)
-    ref = dense_rows(zc.double(), zc.double(), rows, w.double(), tau=0.01, decoupled=decoupled).sum()
+    ref = dense_rows(
+        zc.double(), zc.double(), rows, w.double(), tau=0.01, decoupled=decoupled
+    ).sum()
     assert torch.isfinite(got)
     torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-4)

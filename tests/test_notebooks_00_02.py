@@ -10,6 +10,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from dcl_teach.colab import BADGE_TAG, INSTALL_TAG, install_cell_source
+
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 NAMES = ("00_start_here", "01_infonce_from_scratch", "02_infonce_gradient")
 EQUATION_TAGS = {
@@ -17,11 +19,6 @@ EQUATION_TAGS = {
     "01_infonce_from_scratch": ["1.1", "1.2", "1.3"],
     "02_infonce_gradient": [f"2.{m}" for m in range(1, 8)],
 }
-COLAB_CELL = (
-    "import sys\n\n"
-    'if "google.colab" in sys.modules:  # installs the course package on Colab only\n'
-    '    %pip install -q "dcl-teach[course] @ git+https://github.com/dcl-teach/dcl-teach@v0.1.0"'
-)
 VERIFIED_PAPER_EQUATIONS = {1, 2, 3, 4}  # see shared/reference/dcl_paper_notes.md
 
 
@@ -46,13 +43,14 @@ def notebook(request):
     return request.param, _read(request.param)
 
 
-def test_skeleton_title_goals_colab_setup(notebook):
+def test_skeleton_badge_title_goals_colab_setup(notebook):
     name, nb = notebook
-    title, colab, setup = nb.cells[:3]
+    badge, title, colab, setup = nb.cells[:4]
+    assert badge.cell_type == "markdown" and _tags(badge) == [BADGE_TAG]
     assert title.cell_type == "markdown" and title.source.startswith(f"# {name[:2]} · ")
     assert "Learning goals" in title.source or "In this notebook you will" in title.source
-    assert colab.cell_type == "code" and _tags(colab) == ["colab-install"]
-    assert colab.source == COLAB_CELL
+    assert colab.cell_type == "code" and _tags(colab) == [INSTALL_TAG]
+    assert colab.source == install_cell_source()
     assert setup.cell_type == "code"
     for line in (
         "%matplotlib inline",
