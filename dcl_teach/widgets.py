@@ -355,6 +355,7 @@ def render_qb_histogram(
         transform=ax.transAxes,
         va="top",
         ha="right" if right else "left",
+        multialignment="left",
         family="monospace",
         fontsize=9,
         bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "0.7"},
@@ -545,12 +546,16 @@ def _explorer(render, controls: dict, fixed: dict):
     return widgets.interactive(redraw, **controls)
 
 
+# One label width for every control, so that the sliders line up under each other.
+STYLE = {"description_width": "10em"}
+
+
 def _tau_slider(value: float = 0.1):
     import ipywidgets as widgets
 
     return widgets.FloatLogSlider(
         value=value, base=10, min=-2, max=0, step=0.05, description="tau",
-        continuous_update=False, readout_format=".3f",
+        continuous_update=False, readout_format=".3f", style=STYLE,
     )  # fmt: skip
 
 
@@ -558,14 +563,15 @@ def _batch_slider(value: int = 32):
     import ipywidgets as widgets
 
     return widgets.SelectionSlider(
-        options=list(BATCH_SIZES), value=value, description="batch size", continuous_update=False
-    )
+        options=list(BATCH_SIZES), value=value, description="batch size",
+        continuous_update=False, style=STYLE,
+    )  # fmt: skip
 
 
 def _geometry_sliders(pos_sim: float, neg_sim: float) -> dict:
     import ipywidgets as widgets
 
-    style = {"description_width": "initial"}
+    style = STYLE
     return {
         "pos_sim": widgets.FloatSlider(
             value=pos_sim, min=0.0, max=1.0, step=0.05, description="positive similarity",
@@ -597,8 +603,9 @@ def explore_qb(embeddings: tuple[torch.Tensor, torch.Tensor] | None = None, *, s
     controls.update(_geometry_sliders(0.5, 0.1))
     if embeddings is not None:
         controls["geometry"] = widgets.Dropdown(
-            options=["synthetic", "trained encoder"], value="synthetic", description="geometry"
-        )
+            options=["synthetic", "trained encoder"], value="synthetic", description="geometry",
+            style=STYLE,
+        )  # fmt: skip
 
     def render(*, geometry: str = "synthetic", **values):
         source = embeddings if geometry == "trained encoder" else "synthetic"
@@ -626,6 +633,6 @@ def explore_vmf_weights(cosines: torch.Tensor | None = None):
 
     sigma = widgets.FloatLogSlider(
         value=0.5, base=10, min=-1.5, max=0.5, step=0.05, description="sigma",
-        continuous_update=False, readout_format=".3f",
+        continuous_update=False, readout_format=".3f", style=STYLE,
     )  # fmt: skip
     return _explorer(render_vmf_weights, {"sigma": sigma}, {"cosines": cosines})

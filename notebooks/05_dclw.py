@@ -13,6 +13,10 @@
 #     name: python3
 # ---
 
+# %% [markdown] slideshow={"slide_type": "skip"} tags=["colab-badge"]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/dcl-teach/dcl-teach/blob/v0.1.0/notebooks/05_dclw.ipynb)
+# [![Binder](https://mybinder.org/badge_logo.svg)](https://mybinder.org/v2/gh/dcl-teach/dcl-teach/v0.1.0?urlpath=lab/tree/notebooks/05_dclw.ipynb)
+
 # %% [markdown] slideshow={"slide_type": "slide"}
 # # 05 · Weighted DCL (DCLW)
 #
@@ -33,11 +37,15 @@
 # 5. compare with weights that are *not* detached: derive the extra gradient term (5.4),
 #    verify it with autograd and measure how large it is.
 
-# %% tags=["colab-install"]
+# %% slideshow={"slide_type": "skip"} tags=["colab-install"]
+# On Google Colab only: install this course's package at the version of this notebook.
 import sys
 
-if "google.colab" in sys.modules:  # installs the course package on Colab only
-    # %pip install -q "dcl-teach[course] @ git+https://github.com/dcl-teach/dcl-teach@v0.1.0"
+if "google.colab" in sys.modules:
+    import subprocess
+
+    spec = "dcl-teach @ git+https://github.com/dcl-teach/dcl-teach@v0.1.0"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", spec], check=True)
 
 # %% slideshow={"slide_type": "skip"}
 import math
@@ -120,7 +128,8 @@ print(
 # $e^{c_i/\sigma} / \frac{1}{N}\sum_k e^{c_k/\sigma} = N \operatorname{softmax}(c/\sigma)_i$, it
 # computes $w = 2 - N \operatorname{softmax}(c / \sigma)$, and the softmax subtracts the
 # largest entry before exponentiating.
-#
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # ### Exercise 5.1: the weights from the cosines
 #
 # Write `weights_from_cosines(c, sigma)` for (5.1) that survives $\sigma = 0.01$ in float32.
@@ -263,6 +272,15 @@ def dclw_from_dcl(z1: torch.Tensor, z2: torch.Tensor, tau: float, sigma: float) 
 # %% exercise="5.2" tags=["check"]
 expected = dclw(z1, z2, tau=0.2, sigma=0.5, normalize=False, reduction="none")  # (2N,)
 verdict = check("5.2", dclw_from_dcl, z1, z2, 0.2, 0.5, expected=expected, atol=1e-9)
+dclw_fn = (
+    dclw_from_dcl
+    if verdict.ok
+    else (
+        lambda z1, z2, tau, sigma: dclw(
+            z1, z2, tau=tau, sigma=sigma, normalize=False, reduction="none"
+        )
+    )
+)
 
 
 # %% exercise="5.2" jupyter={"source_hidden": true} tags=["solution"]
@@ -275,11 +293,27 @@ def dclw_from_dcl(z1: torch.Tensor, z2: torch.Tensor, tau: float, sigma: float) 
     return per_dcl + (1 - torch.cat([w, w])) * s_pos  # (2N,)
 
 
+# %% [markdown]
+# Per anchor, DCLW is below DCL exactly for the pairs with $w_i > 1$ (the correction
+# $(1 - w_i)\, s_{a,p(a)}$ is negative there, as long as the positive similarity is positive).
+# With the function we carry on with:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+per_w = dclw_fn(z1, z2, 0.2, 0.5)  # (2N,)
+per_d = dcl(z1, z2, tau=0.2, normalize=False, reduction="none")  # (2N,)
+heavy = torch.cat([vmf_weights(z1, z2, sigma=0.5)] * 2) > 1  # (2N,) anchors of pairs with w > 1
+assert torch.equal(per_w < per_d, heavy)
+print(
+    f"mean DCL {per_d.mean():.4f}, mean DCLW {per_w.mean():.4f}; {int(heavy.sum())} of 128 anchors lower"
+)
+
+
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # For the gradient, hold the weights fixed (*detach* them: they are numbers that scale the
 # pull, not functions the optimiser may change). Then (5.2) differs from (4.1) only by the
-# constant in front of $s_{a,p(a)}$, and the gradient is that of DCL (4.2) with the positive's
-# terms scaled by $w$:
+# constant in front of $s_{a,p(a)}$, and the gradient is that of DCL (4.2), itself Proposition 1
+# of Yeh et al. (Eq. 3) without the coupling factor, with the positive's terms scaled by $w$:
 #
 # $$\frac{\partial L^{\text{DCLW}}_a}{\partial z_a} = -\frac{1}{\tau}\Big(w_{i(a)}\, z_{p(a)} - \sum_{j \in \mathcal{N}(a)} p^-_{a,j}\, z_j\Big), \quad
 # \frac{\partial L^{\text{DCLW}}_a}{\partial z_{p(a)}} = -\frac{w_{i(a)}}{\tau}\, z_a, \quad
@@ -398,28 +432,11 @@ ax.legend()
 plt.show()
 
 # %% [markdown] slideshow={"slide_type": "slide"}
-# ## Summary
-#
-# * DCLW weighs the positive term of DCL with $w_i = 2 - e^{c_i/\sigma}/\text{mean}_k\, e^{c_k/\sigma}$
-#   (5.1), computed stably as $2 - N\operatorname{softmax}(c/\sigma)$.
-# * The weights average to exactly 1 and stay below 2: hard (poorly aligned) pairs pull harder,
-#   easy ones less. $\sigma$ sets how sharply: large $\sigma$ gives back DCL.
-# * A weight is negative when a pair is aligned far beyond the rest of the batch; that pair is
-#   then pushed apart.
-# * The DCLW loss (5.2) with detached weights has the DCL gradient with each positive term scaled
-#   by $w$ (5.3). Letting the gradient flow through the weights adds the term (5.4), which pulls
-#   all pair cosines towards a common value; `dcl_teach` detaches.
-#
-# **Exercises in this notebook**
-#
-# * 5.1 The weights from the cosines, stably.
-# * 5.2 DCLW from DCL.
-# * 5.3 The mean weight is 1, in every batch.
-# * 5.4 The outlier's weight in closed form.
-
-# %% [markdown] slideshow={"slide_type": "slide"}
 # ## Exercises
 #
+# Two more exercises, both about the weights on their own.
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # ### Exercise 5.3: the mean weight is 1, in every batch
 #
 # Write `mean_weights(c, sigma)` for a whole stack of batches: `c` has shape $(B, N)$, one batch
@@ -441,6 +458,11 @@ c_stack = (
 verdict = check(
     "5.3", mean_weights, c_stack, 0.3, expected=torch.ones(100, dtype=torch.float64), atol=1e-9
 )
+mean_fn = (
+    mean_weights
+    if verdict.ok
+    else (lambda c, sigma: (2 - c.shape[1] * torch.softmax(c / sigma, dim=1)).mean(dim=1))
+)
 
 
 # %% exercise="5.3" jupyter={"source_hidden": true} tags=["solution"]
@@ -449,6 +471,18 @@ def mean_weights(c: torch.Tensor, sigma: float) -> torch.Tensor:  # noqa: F811
     # The softmax of each row sums to 1, so N softmax averages to 1 and w = 2 - N softmax to 1.
     w = 2 - c.shape[1] * torch.softmax(c / sigma, dim=1)  # (B, N)
     return w.mean(dim=1)  # (B,)
+
+
+# %% [markdown]
+# However wild the batch and whatever $\sigma$, the mean stays at 1:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+g_wild = torch.Generator().manual_seed(4)
+wild = 2 * torch.rand(1000, 64, generator=g_wild, dtype=torch.float64) - 1  # (B, N) any cosines
+worst = max((mean_fn(wild, s) - 1).abs().max().item() for s in (0.05, 0.5, 5.0))
+assert worst < 1e-12
+print("1,000 random batches of 64 pairs, sigma in (0.05, 0.5, 5): every mean weight is 1")
 
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
@@ -472,6 +506,15 @@ zc1, zc2 = views_with_cosines(c_check, 8, generator=torch.Generator().manual_see
 verdict = check(
     "5.4", outlier_weight, 40, 0.5, expected=vmf_weights(zc1, zc2, sigma=0.5)[0], atol=1e-9
 )
+outlier_fn = (
+    outlier_weight
+    if verdict.ok
+    else (
+        lambda n, sigma: vmf_weights_from_cosines(
+            torch.eye(n, dtype=torch.float64)[0], sigma=sigma
+        )[0].item()
+    )
+)
 
 
 # %% exercise="5.4" jupyter={"source_hidden": true} tags=["solution"]
@@ -482,4 +525,36 @@ def outlier_weight(n: int, sigma: float) -> float:  # noqa: F811
 
 
 # %% [markdown]
+# The answer to the question, with the function we carry on with. The outlier's weight keeps
+# falling as the batch grows, towards $2 - e^{1/\sigma}$:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+first = next(n for n in range(2, 10**6) if outlier_fn(n, 0.5) < 0)
+print(f"sigma = 0.5: the outlier's weight is negative from N = {first} pairs on")
+for n in (2, first, 256, 4096):
+    print(f"N = {n:4}: w = {outlier_fn(n, 0.5):.4f}")
+print(f"limit 2 - e^(1/sigma) = {2 - math.exp(2):.4f}")
+
+
+# %% [markdown] slideshow={"slide_type": "slide"}
+# ## Summary
+#
+# * DCLW weighs the positive term of DCL with $w_i = 2 - e^{c_i/\sigma}/\text{mean}_k\, e^{c_k/\sigma}$
+#   (5.1), computed stably as $2 - N\operatorname{softmax}(c/\sigma)$.
+# * The weights average to exactly 1 and stay below 2: hard (poorly aligned) pairs pull harder,
+#   easy ones less. $\sigma$ sets how sharply: large $\sigma$ gives back DCL.
+# * A weight is negative when a pair is aligned far beyond the rest of the batch; that pair is
+#   then pushed apart.
+# * The DCLW loss (5.2) with detached weights has the DCL gradient with each positive term scaled
+#   by $w$ (5.3). Letting the gradient flow through the weights adds the term (5.4), which pulls
+#   all pair cosines towards a common value; `dcl_teach` detaches.
+#
+# **Exercises in this notebook**
+#
+# * 5.1 The weights from the cosines, stably.
+# * 5.2 DCLW from DCL.
+# * 5.3 The mean weight is 1, in every batch.
+# * 5.4 The outlier's weight in closed form.
+#
 # Next: **06 Train it yourself**, where InfoNCE, DCL and DCLW train real encoders.
