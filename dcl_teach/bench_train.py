@@ -261,9 +261,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--root", default=None, help="data folder (see dcl_teach.data.data_dir)")
     p.add_argument("--synthetic", action="store_true", help="use synthetic images anyway")
     p.add_argument("--json", default=None, help="write the report here")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (torch's default)"
+    )
     a = p.parse_args(argv)
     if a.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda requested but CUDA is not available")
+    if a.threads is not None and a.threads < 1:
+        p.error(f"--threads must be >= 1; got {a.threads}")
     if a.batch_size < 1 or a.steps < 1 or a.warmup < 0 or a.train_steps < 0:
         p.error("--batch-size and --steps must be >= 1, --warmup and --train-steps >= 0")
     try:
@@ -308,6 +313,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         (or ``train_skipped``).
     """
     a = _parse(argv)
+    if a.threads is not None:
+        torch.set_num_threads(a.threads)  # a busy machine makes extra threads wait on each other
     device = torch.device(a.device)
     recipe = recipe_for(a.dataset)
     images, labels, source = _images_for(a.dataset, a.root, a.synthetic)
@@ -328,7 +335,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             "(workers=0: main process; workers=N: N processes with 1 thread each)."
         ),
     }
-    print(f"dataset {a.dataset} ({source}), batch {a.batch_size}, device {device}")
+    print(
+        f"dataset {a.dataset} ({source}), batch {a.batch_size}, device {device}, "
+        f"{torch.get_num_threads()} torch threads, load {report['machine']['load_average_1min']}"
+    )
     common = {"batch_size": a.batch_size, "warmup": a.warmup}
     on_device = images.to(device)
     n_img = a.batch_size * a.steps
@@ -366,6 +376,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     else:
         report["train_skipped"] = "--train-steps 0"
 
+    if hasattr(os, "getloadavg"):
+        report["machine"]["load_average_1min_end"] = os.getloadavg()[0]  # other work running?
     if a.json:
         path = Path(a.json)
         path.parent.mkdir(parents=True, exist_ok=True)
