@@ -239,8 +239,8 @@ for name, grad in (
 # DCL pulls the pair closer, as for every pair; DCLW pushes it apart. Whether that is a feature
 # (do not waste effort on a pair that is already aligned far beyond the others) or a flaw
 # (a positive pair should never be pushed apart) is a matter of taste; one proposal made for a
-# public implementation was to clamp the weights at zero. `dcl_teach` does not clamp, like the
-# implementations it is checked against. In practice, negative weights need a batch with a
+# public implementation was to clamp the weights at zero. `dcl_teach` does not clamp, and
+# neither do the widely used implementations. In practice, negative weights need a batch with a
 # strong outlier or a small $\sigma$; at $\sigma = 0.5$ the batch of section 1 has none.
 
 # %% [markdown] slideshow={"slide_type": "slide"}
