@@ -404,7 +404,7 @@ def train(
             dist.destroy_process_group()
 
 
-def _train(config, resume, callback, *, rank, world, local_rank) -> History:  # noqa: C901
+def _train(config, resume, callback, *, rank, world, local_rank) -> History:
     call_start = time.perf_counter()
     device = resolve_device(config.device, local_rank=local_rank)
     batch = config.batch_size
@@ -446,9 +446,8 @@ def _train(config, resume, callback, *, rank, world, local_rank) -> History:  # 
     amp_dtype = torch.float16 if config.amp == "fp16" else torch.bfloat16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and config.amp == "fp16")
     order_gen = torch.Generator().manual_seed(config.seed)  # data order (CPU)
-    aug_gen = torch.Generator().manual_seed(
-        config.seed + 1
-    )  # augmentations (CPU: same on any device)
+    # Augmentations draw on the CPU and move to the device: the same views on any device.
+    aug_gen = torch.Generator().manual_seed(config.seed + 1)
 
     epoch, step_in_epoch, global_step, elapsed = 0, 0, 0, 0.0
     records: list[dict[str, Any]] = []
