@@ -13,6 +13,10 @@
 #     name: python3
 # ---
 
+# %% [markdown] slideshow={"slide_type": "skip"} tags=["colab-badge"]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/dcl-teach/dcl-teach/blob/v0.1.0/notebooks/01_infonce_from_scratch.ipynb)
+# [![Binder](https://mybinder.org/badge_logo.svg)](https://mybinder.org/v2/gh/dcl-teach/dcl-teach/v0.1.0?urlpath=lab/tree/notebooks/01_infonce_from_scratch.ipynb)
+
 # %% [markdown] slideshow={"slide_type": "slide"}
 # # 01 · InfoNCE from scratch
 #
@@ -30,11 +34,15 @@
 #    overflow), the stable `logsumexp`, and an explicit loop that reads like the paper;
 # 4. use two closed forms to test any implementation of the loss.
 
-# %% tags=["colab-install"]
+# %% slideshow={"slide_type": "skip"} tags=["colab-install"]
+# On Google Colab only: install this course's package at the version of this notebook.
 import sys
 
-if "google.colab" in sys.modules:  # installs the course package on Colab only
-    # %pip install -q "dcl-teach[course] @ git+https://github.com/dcl-teach/dcl-teach@v0.1.0"
+if "google.colab" in sys.modules:
+    import subprocess
+
+    spec = "dcl-teach @ git+https://github.com/dcl-teach/dcl-teach@v0.1.0"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", spec], check=True)
 
 # %% slideshow={"slide_type": "skip"}
 import math

@@ -13,6 +13,10 @@
 #     name: python3
 # ---
 
+# %% [markdown] slideshow={"slide_type": "skip"} tags=["colab-badge"]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/dcl-teach/dcl-teach/blob/v0.1.0/notebooks/02_infonce_gradient.ipynb)
+# [![Binder](https://mybinder.org/badge_logo.svg)](https://mybinder.org/v2/gh/dcl-teach/dcl-teach/v0.1.0?urlpath=lab/tree/notebooks/02_infonce_gradient.ipynb)
+
 # %% [markdown] slideshow={"slide_type": "slide"}
 # # 02 · The gradient of InfoNCE
 #
@@ -36,11 +40,15 @@
 # You need the chain rule and the derivative of $\log \sum_k e^{x_k}$; notebook 01 provides the
 # rest.
 
-# %% tags=["colab-install"]
+# %% slideshow={"slide_type": "skip"} tags=["colab-install"]
+# On Google Colab only: install this course's package at the version of this notebook.
 import sys
 
-if "google.colab" in sys.modules:  # installs the course package on Colab only
-    # %pip install -q "dcl-teach[course] @ git+https://github.com/dcl-teach/dcl-teach@v0.1.0"
+if "google.colab" in sys.modules:
+    import subprocess
+
+    spec = "dcl-teach @ git+https://github.com/dcl-teach/dcl-teach@v0.1.0"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", spec], check=True)
 
 # %% slideshow={"slide_type": "skip"}
 import math
