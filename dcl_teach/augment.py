@@ -23,7 +23,7 @@ side) rather than rounded to whole pixels, and work is done in float32 without r
 to uint8 between ops. Crops are resized bilinearly without antialiasing, which is exact for
 the recipes here (a crop is never larger than the output).
 
-Taught in notebook 05.
+Taught in notebook 06.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ Batches are drawn with replacement, so the run length does not depend on the dat
 CIFAR-10 falls back to synthetic uint8 images of the same shape when the data are not on
 disk (the cost of augmentation does not depend on pixel values); the report says so.
 
-Taught in notebook 05.
+Taught in notebook 06.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ Where the data live: the ``root`` argument, else the environment variable ``DCL_
 else ``~/.cache/dcl_teach``. Without network, put ``cifar-10-binary.tar.gz`` into that folder
 and the loader verifies and extracts it.
 
-Taught in notebook 05.
+Taught in notebook 06.
 """
 
 from __future__ import annotations
