@@ -64,6 +64,7 @@ def test_cifar10_flag_takes_the_cifar10_preset_under_the_flags():
         (["--max-steps", "x"], "invalid int or none value: 'x'"),
         (["--wat"], "unrecognized arguments: --wat"),
         (["compare", "--losses"], "expected at least one argument"),
+        (["--threads", "0"], "--threads must be a positive integer, got 0"),
     ],
 )
 def test_bad_flags_and_values_exit_2_with_a_clear_message(argv, message, capsys):
