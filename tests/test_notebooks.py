@@ -1,4 +1,4 @@
-"""Structure of notebooks 00-02: the course conventions, checked on the saved notebooks.
+"""Structure of notebooks 00-05: the course conventions, checked on the saved notebooks.
 
 nbval runs the notebooks; these tests check what running cannot: the skeleton of each lesson,
 the equation numbering, the paper citations, and the three cells of every exercise.
@@ -13,11 +13,21 @@ import pytest
 from dcl_teach.colab import BADGE_TAG, INSTALL_TAG, install_cell_source
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-NAMES = ("00_start_here", "01_infonce_from_scratch", "02_infonce_gradient")
+NAMES = (
+    "00_start_here",
+    "01_infonce_from_scratch",
+    "02_infonce_gradient",
+    "03_qb_batch_temperature",
+    "04_dcl",
+    "05_dclw",
+)
 EQUATION_TAGS = {
     "00_start_here": [],
     "01_infonce_from_scratch": ["1.1", "1.2", "1.3"],
     "02_infonce_gradient": [f"2.{m}" for m in range(1, 8)],
+    "03_qb_batch_temperature": ["3.1"],
+    "04_dcl": ["4.1", "4.2", "4.3", "4.4"],
+    "05_dclw": ["5.1", "5.2", "5.3", "5.4"],
 }
 VERIFIED_PAPER_EQUATIONS = {1, 2, 3, 4}  # see shared/reference/dcl_paper_notes.md
 
