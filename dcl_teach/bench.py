@@ -195,6 +195,7 @@ def peak_memory(n: int, d: int, *, loss: str, tau: float, device: str, variant: 
     """Peak extra bytes of one forward + backward of ``variant``, in a fresh process."""
     cmd = [sys.executable, "-m", "dcl_teach.bench", "_probe", "--variant", variant]
     cmd += ["--n", str(n), "--dim", str(d), "--loss", loss, "--tau", str(tau), "--device", device]
+    cmd += ["--threads", str(torch.get_num_threads())]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if res.returncode != 0:
         print(
@@ -278,6 +279,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5, help="timed rounds per size")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-memory", action="store_true", help="skip the memory probes")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's choice)"
+    )
     p.add_argument("--json", default=None, help="write the report here")
     p.add_argument("--variant", default="fused", help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, default=256, help=argparse.SUPPRESS)
@@ -292,6 +296,8 @@ def main(argv: list[str] | None = None) -> dict[str, object] | None:
 
         return bench_train.main(argv[1:])
     args = _parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.what == "_probe":
         _probe(args)
         return None

@@ -80,12 +80,13 @@ class ContrastiveFunction(torch.autograd.Function):
         e_pos = torch.empty(m, dtype=za.dtype, device=za.device)  # (M,) s[a, p(a)] - shift
         grad_za = torch.empty_like(za) if need_grad else None  # (M, D)
         grad_zc = torch.zeros_like(zc) if need_grad else None  # (K, D)
+        tile = za.new_empty(min(block_size, m), k)  # (block, K) the one tile, reused
         for r0 in range(0, m, block_size):
             r1 = min(r0 + block_size, m)
             ar = torch.arange(r1 - r0, device=za.device)  # (b,)
             self_b, pos_b = rows[r0:r1], positives[r0:r1]  # (b,)
             shift = bound[r0:r1]  # (b,)
-            e = torch.addmm(-shift[:, None], za_s[r0:r1], zc_t)  # (b, K) s - shift
+            e = torch.addmm(-shift[:, None], za_s[r0:r1], zc_t, out=tile[: r1 - r0])  # (b, K)
             e_pos[r0:r1] = e[ar, pos_b]
             e.exp_()  # (b, K) exp(s - shift) <= 1
             e[ar, self_b] = 0.0
@@ -94,7 +95,7 @@ class ContrastiveFunction(torch.autograd.Function):
             out = torch.mm(e, zc_ext)  # (b, D + 1) [sum_j e[a, j] z_j, sum_j e[a, j]]
             denom = out[:, -1]  # (b,)
             if bool((denom < 1e-30).any()):  # far below the bound: redo with the exact row max
-                e = torch.mm(za_s[r0:r1], zc_t)  # (b, K)
+                e = torch.mm(za_s[r0:r1], zc_t, out=tile[: r1 - r0])  # (b, K)
                 s_pos_b = e[ar, pos_b]  # (b,)
                 e[ar, self_b] = float("-inf")
                 if decoupled:
@@ -127,7 +128,9 @@ class ContrastiveFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):  # noqa: D102
         grad_za, grad_zc = ctx.saved_tensors
-        return grad_za * grad_out, grad_zc * grad_out, None, None, None, None, None, None
+        if not (isinstance(grad_out, torch.Tensor) and bool(grad_out == 1)):
+            grad_za, grad_zc = grad_za * grad_out, grad_zc * grad_out
+        return grad_za, grad_zc, None, None, None, None, None, None
 
 
 def fused_rows(
