@@ -31,7 +31,7 @@
 #
 # 1. read one `TrainConfig` and the training loop it drives: two augmented views per image,
 #    a loss, SGD with warm-up and a cosine schedule;
-# 2. measure how good frozen features are with a weighted kNN vote (6.1), and set two honest
+# 2. measure how good frozen features are with a weighted kNN vote (6.2), and set two honest
 #    baselines: raw pixels and an untrained encoder;
 # 3. train InfoNCE, DCL and DCLW at batch sizes 32 and 256 and follow kNN accuracy and the
 #    coupling factor $q_B$ epoch by epoch;
@@ -58,6 +58,7 @@ import matplotlib.pyplot as plt
 import torch
 
 import dcl_teach
+from dcl_teach.augment import recipe_for, two_views
 from dcl_teach.data import load_dataset
 from dcl_teach.evaluate import (
     baselines,
@@ -118,18 +119,60 @@ for name in ("dataset", "loss", "tau", "sigma", "batch_size", "epochs", "lr", "w
 #
 # 1. take the next `batch_size` images of a seeded permutation of the training set (the
 #    images sit on the device as `uint8`, loaded once);
-# 2. draw **two augmented views** of each with `two_views` (notebook 05's recipe: random
-#    crops, and colour jitter for CIFAR-10), seeded by a `torch.Generator`;
+# 2. draw **two augmented views** of each with `two_views` (the recipe is shown below),
+#    seeded by a `torch.Generator`;
 # 3. embed both views: encoder, then the projection head, giving `z1, z2` of shape $(N, D)$;
 # 4. compute the loss, `LOSSES[config.loss](z1, z2, tau=...)`, and take one SGD step;
 # 5. log the loss and the mean coupling factor $q_B$ (2.4) of the batch.
 #
+# ### What the encoder sees: two views of every image
+#
+# `recipe_for("digits")` keeps the parts of SimCLR's augmentation that make sense for 8x8
+# digits: random resized crops covering 50 to 100 % of the image, and brightness and contrast
+# jitter. It uses no flips (a mirrored 3 is not a 3) and no colour. For CIFAR-10 it is SimCLR's
+# full recipe: crops of 8 to 100 %, flips, colour jitter and grayscale. Everything runs on whole
+# `uint8` batches on the device: each image's random parameters are drawn as tensors from a
+# seeded generator and applied with broadcasting (one `grid_sample` does every crop), with no
+# Python loop over images.
+
+# %%
+train_set = load_dataset(BASE.dataset, split="train", device=device)
+test_set = load_dataset(BASE.dataset, split="test", device=device)
+recipe = recipe_for(BASE.dataset)
+sample = train_set.images[:6]  # (6, C, H, W) uint8
+v1, v2 = two_views(sample, recipe, generator=torch.Generator().manual_seed(SEED))  # (6, C, S, S)
+assert v1.shape == v2.shape == (6, sample.shape[1], recipe.size, recipe.size)
+assert not torch.equal(v1, v2)  # two independent draws: the positive pair is not trivial
+
+
+def to_image(x: torch.Tensor) -> torch.Tensor:
+    """A normalised view (C, S, S) back to pixel values in [0, 1], laid out for imshow."""
+    mean = torch.tensor(recipe.mean, device=x.device).view(-1, 1, 1)  # (C, 1, 1)
+    std = torch.tensor(recipe.std, device=x.device).view(-1, 1, 1)  # (C, 1, 1)
+    x = (x * std + mean).clamp(0, 1).cpu()  # (C, S, S)
+    return x[0] if x.shape[0] == 1 else x.permute(1, 2, 0)
+
+
+fig, axes = plt.subplots(3, 6, figsize=(6.5, 3.4))
+for j in range(6):
+    original = sample[j].float().cpu() / 255  # (C, H, W)
+    images = (original[0] if original.shape[0] == 1 else original.permute(1, 2, 0),
+              to_image(v1[j]), to_image(v2[j]))  # fmt: skip
+    for row, img in enumerate(images):
+        axes[row, j].imshow(img, cmap="gray", vmin=0, vmax=1)
+        axes[row, j].set_xticks([])
+        axes[row, j].set_yticks([])
+for row, label in enumerate(("image", "view 1", "view 2")):
+    axes[row, 0].set_ylabel(label)
+plt.show()
+
+# %% [markdown]
 # The encoder for digits is a three-layer CNN (128-d features); for CIFAR-10 it is the CIFAR
 # ResNet-18 (3x3 stem, no max-pool, 512-d features). The optimiser is SGD with momentum 0.9.
 # The learning rate grows linearly for `warmup_epochs`, then follows half a cosine to zero:
 #
 # $$\eta_t = \eta \cdot \frac{B}{256} \cdot \begin{cases} \dfrac{t+1}{T_w} & t < T_w \\[4pt]
-# \tfrac12\big(1 + \cos(\pi \tfrac{t - T_w}{T - T_w})\big) & t \ge T_w \end{cases} \tag{6.2}$$
+# \tfrac12\big(1 + \cos(\pi \tfrac{t - T_w}{T - T_w})\big) & t \ge T_w \end{cases} \tag{6.1}$$
 #
 # The factor $B/256$ is the linear scaling rule: a batch of 32 takes eight times as many, eight
 # times smaller steps per epoch as a batch of 256.
@@ -139,7 +182,7 @@ steps = torch.arange(200)
 factors = [lr_factor(int(t), warmup_steps=20, total_steps=200) for t in steps]
 fig, ax = plt.subplots(figsize=(5, 2.6))
 ax.plot(steps, factors)
-ax.set(xlabel="step t", ylabel="lr / peak lr", title="warm-up, then cosine (6.2)")
+ax.set(xlabel="step t", ylabel="lr / peak lr", title="warm-up, then cosine (6.1)")
 assert factors[19] == 1.0 and factors[-1] < 1e-3  # peak after warm-up, ~0 at the end
 plt.show()
 
@@ -154,10 +197,10 @@ plt.show()
 # labels, each with weight $e^{s/t}$:
 #
 # $$\hat y = \arg\max_c \sum_{j \in \mathrm{top}_k(x)} e^{\langle h(x), h(x_j)\rangle / t}\,
-# \mathbb 1[y_j = c], \qquad k = 200,\ t = 0.1. \tag{6.1}$$
+# \mathbb 1[y_j = c], \qquad k = 200,\ t = 0.1. \tag{6.2}$$
 #
 # Close neighbours count for far more than distant ones: at $t = 0.1$, a neighbour at cosine
-# 0.9 outweighs one at 0.7 by $e^2 \approx 7.4$. `knn_predict` computes (6.1) in chunks of
+# 0.9 outweighs one at 0.7 by $e^2 \approx 7.4$. `knn_predict` computes (6.2) in chunks of
 # test images. Exercise 6.1 asks you to write it as a loop. Here it is on four points:
 
 # %%
@@ -190,8 +233,6 @@ assert knn_predict(bank, bank_labels, query, num_classes=2, k=3, t=0.1).item() =
 # since they were learned from all images without labels.
 
 # %%
-train_set = load_dataset(BASE.dataset, split="train", device=device)
-test_set = load_dataset(BASE.dataset, split="test", device=device)
 knn = {"k": BASE.knn_k, "t": BASE.knn_t, "seed": SEED, "device": device}
 base_all = baselines(train_set, test_set, **knn)
 base_few = baselines(train_set, test_set, num_labels_per_class=FEW_LABELS, **knn)
@@ -283,7 +324,7 @@ few_bank = memory_bank_indices(train_set.labels, FEW_LABELS, seed=SEED)
 
 
 def few_label_knn(model: torch.nn.Module) -> float:
-    """kNN accuracy (6.1) of a frozen encoder with FEW_LABELS labelled images per class."""
+    """kNN accuracy (6.2) of a frozen encoder with FEW_LABELS labelled images per class."""
     h_train = embed(model, train_set.images[few_bank], name=BASE.dataset)  # (K, F)
     h_test = embed(model, test_set.images, name=BASE.dataset)  # (M, F)
     return knn_accuracy(h_train, train_set.labels[few_bank], h_test, test_set.labels,
@@ -400,6 +441,14 @@ for setting, key, base in (("all labels", "knn_acc", base_all), (f"{FEW_LABELS}/
 # interrupted; the tests check this with a real `kill -9`. A checkpoint from different settings
 # is refused with the fields that differ.
 #
+# **Why the data sit on the device.** A conventional pipeline augments one image at a time in
+# `DataLoader` workers; here a whole batch is augmented in one vectorised pass. To measure the
+# difference on your machine (images per second, with and without the model step):
+#
+# ```bash
+# python -m dcl_teach.bench train --dataset cifar10 --batch-size 256 --steps 20
+# ```
+#
 # **Several GPUs.** Under `torchrun`, `train` joins the process group, wraps the model in
 # DistributedDataParallel with synchronised BatchNorm, and gives each GPU its share of every
 # batch. The losses then gather the embeddings of all GPUs (`gather_distributed=True`), so
@@ -418,9 +467,9 @@ for setting, key, base in (("all labels", "knn_acc", base_all), (f"{FEW_LABELS}/
 # ## Summary
 #
 # * `TrainConfig` holds a whole run; `train` draws two seeded augmented views per image,
-#   minimises InfoNCE, DCL or DCLW with SGD under warm-up and a cosine schedule (6.2), and
+#   minimises InfoNCE, DCL or DCLW with SGD under warm-up and a cosine schedule (6.1), and
 #   records kNN accuracy and the mean $q_B$ after every epoch.
-# * The weighted kNN vote (6.1) judges frozen features without training a classifier. It only
+# * The weighted kNN vote (6.2) judges frozen features without training a classifier. It only
 #   means something next to baselines: raw pixels and an untrained encoder of the same shape.
 # * On the digits, every run learned: 9 to 11 points over the untrained encoder with all labels.
 #   The margin over raw pixels was thin (up to 2.2 points with all labels, up to 4.2 with five
@@ -443,14 +492,14 @@ for setting, key, base in (("all labels", "knn_acc", base_all), (f"{FEW_LABELS}/
 # ### Exercise 6.1: the weighted kNN vote, one neighbour at a time
 #
 # Write `knn_vote(bank, bank_labels, query, k, t, num_classes)` that predicts the class of
-# **one** query vector (shape $(F,)$, unit norm) by Eq. (6.1). Compute its cosine to every
+# **one** query vector (shape $(F,)$, unit norm) by Eq. (6.2). Compute its cosine to every
 # bank row, keep the $k$ largest, add $e^{s/t}$ to the score of each neighbour's class, and
 # return the class with the largest score as a tensor. Use a Python loop over the neighbours;
 # speed does not matter here.
 
 # %% exercise="6.1" tags=["exercise"]
 def knn_vote(bank, bank_labels, query, k, t, num_classes):
-    """Predicted class (0-dim int64 tensor) of one query by the weighted kNN vote (6.1)."""
+    """Predicted class (0-dim int64 tensor) of one query by the weighted kNN vote (6.2)."""
     # Your code here.
     raise NotImplementedError
 
@@ -469,7 +518,7 @@ verdict = check(
 
 # %% exercise="6.1" jupyter={"source_hidden": true} tags=["solution"]
 def knn_vote(bank, bank_labels, query, k, t, num_classes):  # noqa: F811
-    """Predicted class (0-dim int64 tensor) of one query by the weighted kNN vote (6.1)."""
+    """Predicted class (0-dim int64 tensor) of one query by the weighted kNN vote (6.2)."""
     sims = bank @ query  # (M,) cosines, as all rows have unit norm
     scores = torch.zeros(num_classes, dtype=torch.float64)  # (C,)
     for j in sims.argsort(descending=True)[:k].tolist():
@@ -508,8 +557,9 @@ def collapsed_q(n: int) -> float:  # noqa: F811
 
 # %%
 # NBVAL_CHECK_OUTPUT
-for n in BATCH_SIZES:
-    print(f"N = {n:>3}: collapsed q_B = {collapsed_q(n):.4f}")
+for n in BATCH_SIZES:  # the package's q_B of a collapsed batch, whatever your answer above
+    same = torch.ones(n, 4, dtype=torch.float64)  # (N, D)
+    print(f"N = {n:>3}: collapsed q_B = {coupling(same, same, tau=0.1)[0].item():.4f}")
 
 # %% [markdown]
 # Both values are close to 1: this is where every run starts. The first point of each curve
@@ -519,8 +569,8 @@ for n in BATCH_SIZES:
 # ### Exercise 6.3 (open): change one setting and retrain
 #
 # Pick one change and predict its effect before you run it. For example: lower the
-# temperature to `tau=0.05`, raise it to `0.2`, use `num_labels_per_class=1`, or turn off
-# colour jitter on CIFAR-10 (see notebook 05). Retrain with
+# temperature to `tau=0.05`, raise it to `0.2`, use `num_labels_per_class=1`, or train for
+# twice as many epochs. Retrain with
 # `run_grid(dataclasses.replace(BASE, tau=0.2), losses=LOSSES, batch_sizes=BATCH_SIZES)`
 # and redraw the table. Which loss is more sensitive to the change? The paper claims DCL is
 # less sensitive to the temperature than InfoNCE: does your run agree? There is no self-check
