@@ -144,12 +144,21 @@ def _sync(device: str) -> None:
 def time_variants(
     n: int, d: int, *, loss: str, tau: float, device: str, repeats: int, names: list[str]
 ) -> dict[str, float]:
-    """Median seconds of one forward + backward per variant, interleaved over rounds."""
+    """Median seconds of one forward + backward per variant, interleaved over rounds.
+
+    A variant that fails (typically out of memory at large N) gets ``None`` and a message.
+    """
     z1, z2 = _inputs(n, d, device)
     funcs = {k: v for k, v in variants(loss, tau).items() if k in names}
     times: dict[str, list[float]] = {k: [] for k in funcs}
-    for f in funcs.values():  # warm-up
-        f(z1, z2)
+    for name, f in list(funcs.items()):  # warm-up
+        try:
+            f(z1, z2)
+        except (RuntimeError, MemoryError) as err:
+            print(f"{name} failed at N={n}: {str(err).splitlines()[0][:200]}", file=sys.stderr)
+            del funcs[name]
+            times[name] = []
+            z1.grad = z2.grad = None
     for _ in range(repeats):
         for name, f in funcs.items():
             _sync(device)
@@ -157,7 +166,7 @@ def time_variants(
             f(z1, z2)
             _sync(device)
             times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return {k: statistics.median(v) if v else None for k, v in times.items()}
 
 
 def _rss_kib(field: str) -> int:
@@ -222,6 +231,19 @@ def run_loss_bench(args: argparse.Namespace) -> dict[str, object]:
         )
         for name in names:
             mem = None
+            if times[name] is None:
+                rows.append(
+                    {
+                        "N": n,
+                        "variant": name,
+                        "seconds": None,
+                        "vs_floor": None,
+                        "naive_vs_this": None,
+                        "peak_extra_MiB": None,
+                        "failed": True,
+                    }
+                )
+                continue
             if not args.no_memory:
                 mem = peak_memory(
                     n, args.dim, loss=args.loss, tau=args.tau, device=args.device, variant=name
@@ -259,6 +281,9 @@ def format_table(report: dict[str, object]) -> str:
         f"{'N':>6} {'variant':<26} {'ms':>10} {'x floor':>8} {'naive/this':>11} {'peak MiB':>9}",
     ]
     for r in report["results"]:  # type: ignore[union-attr]
+        if r.get("failed"):
+            lines.append(f"{r['N']:>6} {r['variant']:<26} {'failed (see stderr)':>20}")
+            continue
         mem = "-" if r["peak_extra_MiB"] is None else f"{r['peak_extra_MiB']:.1f}"
         lines.append(
             f"{r['N']:>6} {r['variant']:<26} {1e3 * r['seconds']:>10.1f} {r['vs_floor']:>8.2f} "
