@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import torch
 
+from dcl_teach.masks import positive_of
+
 #: Default tile: this many float32 entries (16 MiB) per block of rows.
 DEFAULT_TILE_ENTRIES = 1 << 22
 
@@ -70,7 +72,7 @@ class ContrastiveFunction(torch.autograd.Function):
         zc_t = zc.t()  # (D, K)
         # A ones column makes the row sums of exp(S) fall out of the gradient GEMM for free.
         zc_ext = torch.cat([zc, zc.new_ones(k, 1)], dim=1)  # (K, D + 1)
-        positives = (rows + k // 2).remainder(k)  # (M,)
+        positives = positive_of(rows, k)  # (M,)
         # Cauchy-Schwarz bound on every similarity of a row: |z_a| max_j |z_j| / tau (1/tau on
         # the sphere). Shifting by it inside the first GEMM saves a max pass and a subtraction
         # pass over the tile; rows whose exponentials would underflow are redone exactly.
@@ -201,7 +203,7 @@ def dense_rows(
     """
     m, k = za.shape[0], zc.shape[0]
     ar = torch.arange(m, device=za.device)  # (M,)
-    positives = (rows + k // 2).remainder(k)  # (M,)
+    positives = positive_of(rows, k)  # (M,)
     s = za @ zc.t() / tau  # (M, K)
     s_pos = s[ar, positives]  # (M,)
     excluded = torch.zeros(m, k, dtype=torch.bool, device=za.device)  # (M, K)

@@ -28,7 +28,29 @@ def positive_index(n: int, *, device: torch.device | str | None = None) -> torch
     """
     if n < 1:
         raise ValueError(f"need at least one pair, got N={n}")
-    return torch.arange(2 * n, device=device).add(n).remainder(2 * n)  # (2N,)
+    return positive_of(torch.arange(2 * n, device=device), 2 * n)  # (2N,)
+
+
+def positive_of(rows: torch.Tensor, num_candidates: int) -> torch.Tensor:
+    """Positions of the positives of the anchors at ``rows`` among ``num_candidates`` stacked rows.
+
+    The candidates are ``cat([z1, z2])`` of the (possibly gathered) batch, so the other view of
+    row ``a`` is half the stack away.
+
+    Args:
+        rows: (M,) int64 positions of the anchors.
+        num_candidates: K, the (even) number of stacked rows.
+
+    Returns:
+        (M,) int64 positions of their positives.
+
+    Example:
+        >>> positive_of(torch.tensor([0, 5]), 8).tolist()
+        [4, 1]
+
+    Taught in notebook 04.
+    """
+    return (rows + num_candidates // 2).remainder(num_candidates)  # (M,)
 
 
 def negative_mask(n: int, *, device: torch.device | str | None = None) -> torch.Tensor:

@@ -28,3 +28,12 @@ def test_negative_mask_excludes_self_and_positive_only(n):
 def test_positive_index_rejects_empty_batch():
     with pytest.raises(ValueError, match="N=0"):
         positive_index(0)
+
+
+def test_positive_of_agrees_with_positive_index_and_handles_gathered_rows():
+    from dcl_teach.masks import positive_of
+
+    assert torch.equal(positive_of(torch.arange(10), 10), positive_index(5))
+    # rank 1 of 2 ranks with n = 3: local anchors at 3..5 (view 1) and 9..11 (view 2) of K = 12
+    rows = torch.tensor([3, 4, 5, 9, 10, 11])
+    assert positive_of(rows, 12).tolist() == [9, 10, 11, 3, 4, 5]
