@@ -111,8 +111,12 @@ def _third_party(loss: str, tau: float) -> dict[str, Callable]:
     return out
 
 
-def variants(loss: str, tau: float) -> dict[str, Callable]:
-    """Name -> function of (z1, z2) running one forward and backward pass."""
+def variants(loss: str, tau: float, taus: tuple[float, ...] = ()) -> dict[str, Callable]:
+    """Name -> function of (z1, z2) running one forward and backward pass.
+
+    ``taus`` adds a row ``"fused tau=<t>"`` per other temperature, so that the cost of the
+    temperature shows side by side with the rest (it should have none).
+    """
     fn = LOSSES[loss]
 
     def run(f):
@@ -124,14 +128,20 @@ def variants(loss: str, tau: float) -> dict[str, Callable]:
 
     def floor(z1, z2):
         z = torch.cat([z1.detach(), z2.detach()])  # (2N, D)
-        s = z @ z.t()  # (2N, 2N)
-        s @ z, s.t() @ z  # (2N, D) twice: the two gradient products
+        # in row blocks of at most 256 MiB, so that it runs at any N (one block up to N = 4096)
+        rows = max(1, (1 << 26) // z.shape[0])
+        for r0 in range(0, z.shape[0], rows):
+            s = z[r0 : r0 + rows] @ z.t()  # (rows, 2N)
+            s @ z, s.t() @ z[r0 : r0 + rows]  # the two gradient products, block by block
 
     out = {
         "matmul floor": floor,
         "fused": run(lambda a, b: fn(a, b, tau=tau)),
         "naive": run(lambda a, b: fn(a, b, tau=tau, impl="dense")),
     }
+    for t in taus:
+        if t != tau:
+            out[f"fused tau={t:g}"] = run(lambda a, b, t=t: fn(a, b, tau=t))
     out.update({name: run(f) for name, f in _third_party(loss, tau).items()})
     return out
 
@@ -142,14 +152,22 @@ def _sync(device: str) -> None:
 
 
 def time_variants(
-    n: int, d: int, *, loss: str, tau: float, device: str, repeats: int, names: list[str]
+    n: int,
+    d: int,
+    *,
+    loss: str,
+    tau: float,
+    device: str,
+    repeats: int,
+    names: list[str],
+    taus: tuple[float, ...] = (),
 ) -> dict[str, float]:
     """Median seconds of one forward + backward per variant, interleaved over rounds.
 
     A variant that fails (typically out of memory at large N) gets ``None`` and a message.
     """
     z1, z2 = _inputs(n, d, device)
-    funcs = {k: v for k, v in variants(loss, tau).items() if k in names}
+    funcs = {k: v for k, v in variants(loss, tau, taus).items() if k in names}
     times: dict[str, list[float]] = {k: [] for k in funcs}
     for name, f in list(funcs.items()):  # warm-up
         try:
@@ -180,7 +198,7 @@ def _rss_kib(field: str) -> int:
 def _probe(args: argparse.Namespace) -> None:
     """Run one variant once in this (fresh) process and print its peak extra memory in bytes."""
     z1, z2 = _inputs(args.n, args.dim, args.device)
-    f = variants(args.loss, args.tau)[args.variant]
+    f = variants(args.loss, args.tau, tuple(args.taus))[args.variant]
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -200,10 +218,20 @@ def _probe(args: argparse.Namespace) -> None:
     print(json.dumps({"peak_bytes": peak}))
 
 
-def peak_memory(n: int, d: int, *, loss: str, tau: float, device: str, variant: str) -> int | None:
+def peak_memory(
+    n: int,
+    d: int,
+    *,
+    loss: str,
+    tau: float,
+    device: str,
+    variant: str,
+    taus: tuple[float, ...] = (),
+) -> int | None:
     """Peak extra bytes of one forward + backward of ``variant``, in a fresh process."""
     cmd = [sys.executable, "-m", "dcl_teach.bench", "_probe", "--variant", variant]
     cmd += ["--n", str(n), "--dim", str(d), "--loss", loss, "--tau", str(tau), "--device", device]
+    cmd += ["--taus", *map(str, taus)] if taus else []
     cmd += ["--threads", str(torch.get_num_threads())]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if res.returncode != 0:
@@ -215,11 +243,59 @@ def peak_memory(n: int, d: int, *, loss: str, tau: float, device: str, variant: 
     return int(json.loads(res.stdout.strip().splitlines()[-1])["peak_bytes"])
 
 
+#: Bytes per entry of the 2N x 2N matrix that a variant keeps alive at its peak (measured: the
+#: naive DCL reaches about 4.3 float32 matrices, lightly about 2.9). Used to skip a variant that
+#: would not fit rather than let it exhaust the machine.
+MATRICES_AT_PEAK = {"naive": 5.0, "third party": 5.0}
+
+
+def available_bytes(device: str) -> int:
+    """Memory that a variant may still take: ``MemAvailable`` on the CPU, free memory on CUDA."""
+    if device.startswith("cuda"):
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("MemAvailable not in /proc/meminfo")
+
+
+def skip_reason(n: int, variant: str, available: int) -> str | None:
+    """Why ``variant`` is not run at ``N = n`` (predicted out of memory), or ``None``.
+
+    The fused variants and the blocked matmul floor keep no 2N x 2N matrix and always run.
+
+    Example:
+        >>> skip_reason(32768, "naive", 24 * 2**30)
+        'out of memory: needs about 80.0 GiB (5 x the 2N x 2N float32 matrix), 24.0 GiB available'
+        >>> skip_reason(32768, "fused", 24 * 2**30) is None
+        True
+    """
+    if variant == "matmul floor" or variant.startswith("fused"):
+        return None
+    factor = MATRICES_AT_PEAK.get(variant, MATRICES_AT_PEAK["third party"])
+    need = factor * 4 * (2 * n) ** 2
+    if need <= 0.8 * available:
+        return None
+    return (
+        f"out of memory: needs about {need / 2**30:.1f} GiB ({factor:g} x the 2N x 2N float32 "
+        f"matrix), {available / 2**30:.1f} GiB available"
+    )
+
+
 def run_loss_bench(args: argparse.Namespace) -> dict[str, object]:
     """Run the loss benchmark, print the table, return the report."""
-    names = list(variants(args.loss, args.tau))
+    taus = tuple(args.taus)
+    all_names = list(variants(args.loss, args.tau, taus))
+    main_fused = "fused"
     rows = []
     for n in args.sizes:
+        available = available_bytes(args.device)
+        skipped = {k: skip_reason(n, k, available) for k in all_names}
+        names = [k for k in all_names if skipped[k] is None]
+        for k, why in skipped.items():
+            if why is not None:
+                print(f"{k} skipped at N={n}: {why}", file=sys.stderr)
         times = time_variants(
             n,
             args.dim,
@@ -228,40 +304,45 @@ def run_loss_bench(args: argparse.Namespace) -> dict[str, object]:
             device=args.device,
             repeats=args.repeats,
             names=names,
+            taus=taus,
         )
-        for name in names:
-            mem = None
-            if times[name] is None:
-                rows.append(
-                    {
-                        "N": n,
-                        "variant": name,
-                        "seconds": None,
-                        "vs_floor": None,
-                        "naive_vs_this": None,
-                        "peak_extra_MiB": None,
-                        "failed": True,
-                    }
-                )
+        floor, naive = times.get("matmul floor"), times.get("naive")
+        for name in all_names:
+            t = times.get(name)
+            row: dict[str, object] = {"N": n, "variant": name, "tau": args.tau}
+            if name.startswith("fused tau="):
+                row["tau"] = float(name.split("=", 1)[1])
+            if t is None:
+                row |= {"seconds": None, "vs_floor": None, "naive_vs_this": None}
+                row |= {"peak_extra_MiB": None, "failed": True}
+                row["reason"] = skipped[name] or "failed (see stderr)"
+                rows.append(row)
                 continue
+            mem = None
             if not args.no_memory:
                 mem = peak_memory(
-                    n, args.dim, loss=args.loss, tau=args.tau, device=args.device, variant=name
+                    n,
+                    args.dim,
+                    loss=args.loss,
+                    tau=args.tau,
+                    device=args.device,
+                    variant=name,
+                    taus=taus,
                 )
-            rows.append(
-                {
-                    "N": n,
-                    "variant": name,
-                    "seconds": times[name],
-                    "vs_floor": times[name] / times["matmul floor"],
-                    "naive_vs_this": times["naive"] / times[name],
-                    "peak_extra_MiB": None if mem is None else mem / 2**20,
-                }
-            )
+            row |= {
+                "seconds": t,
+                "vs_floor": None if floor is None else t / floor,
+                "naive_vs_this": None if naive is None else naive / t,
+                "peak_extra_MiB": None if mem is None else mem / 2**20,
+            }
+            if name.startswith("fused tau=") and times.get(main_fused):
+                row["vs_fused"] = t / times[main_fused]
+            rows.append(row)
     report = {
         "benchmark": "loss forward+backward",
         "loss": args.loss,
         "tau": args.tau,
+        "taus": list(taus),
         "D": args.dim,
         "dtype": "float32",
         "repeats": args.repeats,
@@ -273,21 +354,26 @@ def run_loss_bench(args: argparse.Namespace) -> dict[str, object]:
 
 
 def format_table(report: dict[str, object]) -> str:
-    """The report as a text table."""
+    """The report as a text table; ``x fused`` compares a temperature with the main one."""
     lines = [
         f"{report['loss']} forward+backward, D={report['D']}, float32, tau={report['tau']}, "
         f"median of {report['repeats']} on {report['machine']['device']} "  # type: ignore[index]
         f"({report['machine']['cpu']}, {report['machine']['torch_threads']} threads)",  # type: ignore[index]
-        f"{'N':>6} {'variant':<26} {'ms':>10} {'x floor':>8} {'naive/this':>11} {'peak MiB':>9}",
+        f"{'N':>6} {'variant':<26} {'ms':>10} {'x floor':>8} {'naive/this':>11} {'peak MiB':>9}"
+        f" {'x fused':>8}",
     ]
+
+    def num(x: object, spec: str) -> str:
+        return "-" if x is None else format(x, spec)
+
     for r in report["results"]:  # type: ignore[union-attr]
         if r.get("failed"):
-            lines.append(f"{r['N']:>6} {r['variant']:<26} {'failed (see stderr)':>20}")
+            lines.append(f"{r['N']:>6} {r['variant']:<26} {r.get('reason', 'failed')}")
             continue
-        mem = "-" if r["peak_extra_MiB"] is None else f"{r['peak_extra_MiB']:.1f}"
         lines.append(
-            f"{r['N']:>6} {r['variant']:<26} {1e3 * r['seconds']:>10.1f} {r['vs_floor']:>8.2f} "
-            f"{r['naive_vs_this']:>11.2f} {mem:>9}"
+            f"{r['N']:>6} {r['variant']:<26} {1e3 * r['seconds']:>10.1f} "
+            f"{num(r['vs_floor'], '.2f'):>8} {num(r['naive_vs_this'], '.2f'):>11} "
+            f"{num(r['peak_extra_MiB'], '.1f'):>9} {num(r.get('vs_fused'), '.2f'):>8}"
         )
     return "\n".join(lines)
 
@@ -301,6 +387,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 4096], help="values of N")
     p.add_argument("--dim", type=int, default=128, help="embedding dimension D")
     p.add_argument("--tau", type=float, default=0.1, help="temperature")
+    p.add_argument(
+        "--taus",
+        type=float,
+        nargs="*",
+        default=[0.01, 0.1, 0.5],
+        help="also time the fused loss at these temperatures, side by side (none: --taus)",
+    )
     p.add_argument("--repeats", type=int, default=5, help="timed rounds per size")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-memory", action="store_true", help="skip the memory probes")

@@ -57,3 +57,31 @@ def test_third_party_losses_agree_with_ours_when_installed():
             assert torch.isclose(other(z1, z2), ours, rtol=1e-5), (kind, name)
     if not found:
         pytest.skip("neither lightly nor pytorch-metric-learning is installed")
+
+
+def test_taus_are_timed_side_by_side(capsys):
+    report = bench.main(
+        ["loss", "--sizes", "16", "--dim", "4", "--repeats", "1", "--no-memory"]
+        + ["--taus", "0.01", "0.1", "0.5"]
+    )
+    rows = {r["variant"]: r for r in report["results"]}
+    assert report["taus"] == [0.01, 0.1, 0.5]
+    assert rows["fused"]["tau"] == 0.1
+    for t in (0.01, 0.5):
+        row = rows[f"fused tau={t:g}"]
+        assert row["tau"] == t and row["vs_fused"] == row["seconds"] / rows["fused"]["seconds"]
+    assert "x fused" in capsys.readouterr().out
+
+
+def test_variants_too_big_for_memory_are_skipped_with_the_reason(monkeypatch, capsys):
+    monkeypatch.setattr(bench, "available_bytes", lambda device: 64 * 1024)  # 64 KiB left
+    report = bench.main(
+        ["loss", "--sizes", "64", "--dim", "4", "--repeats", "1", "--no-memory", "--taus"]
+    )
+    rows = {r["variant"]: r for r in report["results"]}
+    assert rows["naive"]["failed"] and rows["naive"]["reason"].startswith("out of memory")
+    assert rows["fused"]["seconds"] > 0 and rows["fused"]["naive_vs_this"] is None
+    assert rows["matmul floor"]["seconds"] > 0
+    captured = capsys.readouterr()
+    assert "naive skipped at N=64: out of memory" in captured.err
+    assert "out of memory: needs about" in captured.out

@@ -78,3 +78,63 @@ def test_rows_far_below_the_shift_bound_are_redone_exactly(dtype, decoupled):
     ).sum()
     assert torch.isfinite(got)
     torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-4)
+
+
+def clustered(n_pairs, d, *, seed, spread=0.05):
+    """Views of a trained-looking batch: tight clusters on orthogonal axes. At tau = 0.01 every
+    negative outside a row's cluster sits about 90 below the row's maximum, which is where
+    float32 exponentials turn subnormal (e^-87 to e^-104)."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.eye(d, dtype=torch.float64)[torch.arange(n_pairs) % 8]  # (N, D)
+    z1 = F.normalize(centres + spread * torch.randn(n_pairs, d, generator=g), dim=1)
+    z2 = F.normalize(centres + spread * torch.randn(n_pairs, d, generator=g), dim=1)
+    return torch.cat([z1, z2])  # (2N, D)
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_small_tau_in_the_subnormal_range_is_exact_in_float32(decoupled):
+    z = clustered(64, 16, seed=6)
+    rows, w = torch.arange(128), torch.ones(128, dtype=torch.float64)
+    ref = dense_rows(z, z, rows, w, tau=0.01, decoupled=decoupled).mean()
+    zf = z.float().requires_grad_()
+    got = fused_rows(zf, zf, rows, w.float(), tau=0.01, decoupled=decoupled, scale=1 / 128)
+    (grad,) = torch.autograd.grad(got, zf)
+    zd = z.clone().requires_grad_()
+    (ref_grad,) = torch.autograd.grad(
+        dense_rows(zd, zd, rows, w, tau=0.01, decoupled=decoupled).mean(), zd
+    )
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-3, atol=1e-4)
+
+
+def _best_seconds(f, repeats=5):
+    import time
+
+    f()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def test_speed_does_not_depend_on_the_temperature():
+    # with a fixed shift (the old bound 1/tau) tau = 0.01 was 30x slower than tau = 0.1 here,
+    # because most exponentials came out subnormal; the margin below is wide for noisy machines
+    z = clustered(512, 32, seed=7).float().requires_grad_()
+    rows, w = torch.arange(1024), torch.ones(1024)
+
+    def step(tau):
+        return lambda: fused_rows(z, z, rows, w, tau=tau, decoupled=True).backward()
+
+    assert _best_seconds(step(0.01)) < 3.0 * _best_seconds(step(0.1))
+
+
+def test_the_kernel_leaves_the_flush_denormal_mode_alone():
+    # the kernel avoids subnormals by its shift, not by switching the CPU into flush-to-zero
+    tiny = torch.tensor([1e-40], dtype=torch.float32)
+    before = bool(tiny.item() != 0)
+    z = clustered(8, 8, seed=8).float()
+    fused_rows(z, z, torch.arange(16), torch.ones(16), tau=0.01, decoupled=True)
+    assert bool(torch.tensor([1e-40], dtype=torch.float32).item() != 0) == before
