@@ -69,8 +69,10 @@ class ContrastiveFunction(torch.autograd.Function):
     ``scale`` the reduction factor ``g``. Returns the scalar ``g * sum_a L_a``.
 
     The gradient is computed during the forward pass, block by block, whenever autograd will
-    need it; ``backward`` only multiplies it by the incoming scalar. The function is therefore
-    differentiable once (no double backward).
+    need it; ``backward`` only multiplies it by the incoming scalar. When a differentiable
+    gradient is asked for (``create_graph=True``, a gradient penalty), ``backward`` computes it
+    by autograd through :func:`dense_rows` instead (see :func:`dense_grads`): second derivatives
+    are exact, at the memory cost of the full matrix.
 
     Taught in notebook 04.
     """
@@ -125,16 +127,43 @@ class ContrastiveFunction(torch.autograd.Function):
             wp = weights * (scale * inv_tau)  # (M,)
             grad_za -= wp[:, None] * zc[positives]  # (M, D)
             grad_zc.index_add_(0, positives, -wp[:, None] * za)  # (K, D)
-            ctx.save_for_backward(grad_za, grad_zc)
+            ctx.save_for_backward(za, zc, rows, weights, grad_za, grad_zc)
+            ctx.hyper = (tau, decoupled, scale)
         return loss
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):  # noqa: D102
-        grad_za, grad_zc = ctx.saved_tensors
-        if not (isinstance(grad_out, torch.Tensor) and bool(grad_out == 1)):
+        za, zc, rows, weights, grad_za, grad_zc = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the gradient must be differentiable
+            grad_za, grad_zc = dense_grads(za, zc, rows, weights, grad_out, *ctx.hyper)
+        else:  # the gradient computed in forward; no test of grad_out, which would sync a GPU
             grad_za, grad_zc = grad_za * grad_out, grad_zc * grad_out
         return grad_za, grad_zc, None, None, None, None, None, None
+
+
+def dense_grads(
+    za: torch.Tensor,
+    zc: torch.Tensor,
+    rows: torch.Tensor,
+    weights: torch.Tensor,
+    grad_out: torch.Tensor,
+    tau: float,
+    decoupled: bool,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of ``scale * sum_a L_a`` for ``za`` and ``zc`` as separate roles, with a graph.
+
+    The double-backward path of the kernels: when autograd asks for a differentiable gradient
+    (``create_graph=True``, e.g. a gradient penalty), it is computed by autograd through
+    :func:`dense_rows`, which costs the full ``(M, K)`` matrix but is exact to any order. ``za``
+    and ``zc`` may be the same tensor: each gets its own view, so that each role's share is
+    returned once.
+    """
+    with torch.enable_grad():
+        a, c = (z.view_as(z) if z.requires_grad else z.detach().requires_grad_() for z in (za, zc))
+        loss = dense_rows(a, c, rows, weights, tau=tau, decoupled=decoupled).sum() * scale
+        grad_a, grad_c = torch.autograd.grad(loss, (a, c), grad_out, create_graph=True)
+    return grad_a, grad_c
 
 
 def fused_rows(

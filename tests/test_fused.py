@@ -138,3 +138,19 @@ def test_the_kernel_leaves_the_flush_denormal_mode_alone():
     z = clustered(8, 8, seed=8).float()
     fused_rows(z, z, torch.arange(16), torch.ones(16), tau=0.01, decoupled=True)
     assert bool(torch.tensor([1e-40], dtype=torch.float32).item() != 0) == before
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_gradgradcheck_both_layouts(decoupled):
+    z = unit(6, 3, seed=9).requires_grad_()
+    rows, w = torch.arange(6), torch.tensor([1.0, 0.5, 2.0, 1.0, 0.5, 2.0], dtype=torch.float64)
+    assert torch.autograd.gradgradcheck(
+        lambda x: ContrastiveFunction.apply(x, x, rows, w, 0.3, decoupled, 4, 0.1), (z,)
+    )
+    zc = unit(8, 3, seed=10).requires_grad_()
+    za = unit(2, 3, seed=11).requires_grad_()
+    rows2 = torch.tensor([1, 5])
+    assert torch.autograd.gradgradcheck(
+        lambda a, c: ContrastiveFunction.apply(a, c, rows2, w[:2], 0.5, decoupled, 1, 1.0),
+        (za, zc),
+    )
