@@ -49,8 +49,27 @@ def check_positive(name: str, value: object) -> float:
     return value
 
 
-def check_embeddings(z1: torch.Tensor, z2: torch.Tensor, *, min_pairs: int, loss: str) -> None:
+def _is_transformed(z: torch.Tensor) -> bool:
+    """True inside ``torch.func`` transforms (``vmap``, ``grad``, ...), which wrap tensors."""
+    try:
+        from torch._C._functorch import is_functorch_wrapped_tensor
+    except ImportError:  # pragma: no cover - an older or newer torch without the private check
+        return False
+    return bool(is_functorch_wrapped_tensor(z))
+
+
+def check_embeddings(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    *,
+    min_pairs: int,
+    loss: str,
+    nonzero_rows: bool = False,
+) -> None:
     """Raise a clear ``TypeError``/``ValueError`` for views the losses cannot use.
+
+    The value checks (non-finite entries, and all-zero rows when ``nonzero_rows``, i.e. when
+    the rows will be normalised) are batched into one device-to-host transfer.
 
     Example:
         >>> check_embeddings(torch.zeros(1, 4), torch.zeros(1, 4), min_pairs=2, loss="DCL")
@@ -63,6 +82,17 @@ def check_embeddings(z1: torch.Tensor, z2: torch.Tensor, *, min_pairs: int, loss
             raise TypeError(
                 f"{name} must be a torch.Tensor of shape (N, D), got {type(z).__name__}"
             )
+        if _is_transformed(z):
+            raise TypeError(
+                f"{name} is wrapped by a torch.func transform (vmap, grad, jacrev, ...), which the "
+                f"contrastive losses do not support: they check the values of the batch and run "
+                f"a custom autograd kernel. Call the loss on each batch and use torch.autograd"
+            )
+        if z.is_meta:
+            raise ValueError(
+                f"{name} is a meta tensor (shape only, no values); the losses need real values: "
+                f"pass tensors on the CPU or a GPU"
+            )
         if z.dim() != 2:
             raise ValueError(f"{name} must be 2-D (N, D), got shape {tuple(z.shape)}")
         if not z.is_floating_point():
@@ -73,21 +103,38 @@ def check_embeddings(z1: torch.Tensor, z2: torch.Tensor, *, min_pairs: int, loss
         raise ValueError(
             f"z1 and z2 must have the same shape (N, D), got {tuple(z1.shape)} and {tuple(z2.shape)}"
         )
+    if z1.dtype != z2.dtype:
+        # Promoting silently would hide a model that emits two precisions; the loss would run
+        # in the lower one if it followed z1 alone.
+        raise TypeError(
+            f"z1 and z2 must have the same dtype, got {z1.dtype} and {z2.dtype}: convert one "
+            f"with .to(...) first"
+        )
     if z1.device != z2.device:
         raise ValueError(f"z1 and z2 must be on the same device, got {z1.device} and {z2.device}")
     n, d = z1.shape
     if d == 0:
         raise ValueError("embeddings must have at least one dimension, got D=0")
     if n < min_pairs:
+        why = " so that every anchor has a negative" if min_pairs >= 2 else ""
+        plural = "pair" if min_pairs == 1 else "pairs"
         raise ValueError(
-            f"{loss} needs at least {min_pairs} pairs (N >= {min_pairs}) so that every anchor has "
-            f"a negative, got N={n}"
+            f"{loss} needs at least {min_pairs} {plural} (N >= {min_pairs}){why}, got N={n}"
         )
-    finite = torch.stack([torch.isfinite(z1).all(), torch.isfinite(z2).all()]).tolist()
-    for name, z, ok in (("z1", z1, finite[0]), ("z2", z2, finite[1])):
-        if not ok:
+    flags = [torch.isfinite(z1).all(), torch.isfinite(z2).all()]
+    if nonzero_rows:
+        flags += [(z1 != 0).any(dim=1).all(), (z2 != 0).any(dim=1).all()]
+    ok = torch.stack(flags).tolist()  # the one transfer
+    for name, z, good in (("z1", z1, ok[0]), ("z2", z2, ok[1])):
+        if not good:
             bad = int((~torch.isfinite(z)).sum())
             raise ValueError(f"{name} contains {bad} non-finite values (NaN or inf)")
+    for name, z, good in zip(("z1", "z2"), (z1, z2), ok[2:]):
+        if not good:
+            rows = torch.nonzero(~(z != 0).any(dim=1)).flatten()[:5].tolist()
+            raise ValueError(
+                f"{name} has all-zero rows {rows}: a zero embedding cannot be normalised"
+            )
 
 
 def _compute_dtype(z: torch.Tensor) -> torch.dtype:
@@ -96,12 +143,29 @@ def _compute_dtype(z: torch.Tensor) -> torch.dtype:
     return torch.float64 if z.dtype == torch.float64 else torch.float32
 
 
-def _normalize(z: torch.Tensor, name: str) -> torch.Tensor:
-    norms = z.detach().norm(dim=1)  # (N,)
-    if bool((norms == 0).any()):
-        rows = torch.nonzero(norms == 0).flatten()[:5].tolist()
-        raise ValueError(f"{name} has all-zero rows {rows}: a zero embedding cannot be normalised")
-    return F.normalize(z, dim=1)
+def normalize_rows(z: torch.Tensor) -> torch.Tensor:
+    """``z / ||z||`` row by row, for any row that is not all zero, whatever its scale.
+
+    ``F.normalize`` divides by ``max(||z||, 1e-12)``, so rows shorter than 1e-12 come out
+    shorter than 1, and in float32 a norm below about 1e-19 underflows and one above about
+    1e19 overflows when squared. Dividing each row by its largest entry first (a detached
+    constant: the result does not depend on it, so the gradient is exact) keeps the norm
+    between 1 and sqrt(D). The caller checks that no row is all zero.
+
+    Args:
+        z: (N, D) rows, none of them all zero.
+
+    Returns:
+        (N, D) unit rows.
+
+    Example:
+        >>> normalize_rows(torch.tensor([[3e-30, 4e-30], [3e25, -4e25]])).tolist()
+        [[0.6000000238418579, 0.800000011920929], [0.6000000238418579, -0.800000011920929]]
+
+    Taught in notebook 01.
+    """
+    scale = z.detach().abs().amax(dim=1, keepdim=True)  # (N, 1) largest entry of each row
+    return F.normalize(z / scale, dim=1)  # (N, D)
 
 
 def vmf_weights_from_cosines(c: torch.Tensor, *, sigma: float) -> torch.Tensor:
@@ -146,15 +210,17 @@ def _contrastive(
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
-    if block_size is not None and (not isinstance(block_size, int) or block_size < 1):
+    if block_size is not None and (
+        isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1
+    ):
         raise ValueError(f"block_size must be a positive int or None, got {block_size!r}")
-    check_embeddings(z1, z2, min_pairs=2 if decoupled else 1, loss=name)
+    check_embeddings(z1, z2, min_pairs=2 if decoupled else 1, loss=name, nonzero_rows=normalize)
 
     with torch.autocast(device_type=z1.device.type, enabled=False):
         dtype = _compute_dtype(z1)
         z1, z2 = z1.to(dtype), z2.to(dtype)
         if normalize:
-            z1, z2 = _normalize(z1, "z1"), _normalize(z2, "z2")
+            z1, z2 = normalize_rows(z1), normalize_rows(z2)
         n = z1.shape[0]
         rank, world = dist_utils.world_info() if gather_distributed else (0, 1)
 
@@ -238,8 +304,10 @@ def info_nce(
         0-dim float32 tensor (float64 for float64 inputs), or (2N,) with ``reduction="none"``.
 
     Raises:
-        TypeError: non-tensor input, integer dtype, non-numeric tau.
-        ValueError: shapes, N < 1, tau <= 0, non-finite or all-zero embeddings.
+        TypeError: non-tensor input, integer dtype, z1 and z2 of different dtypes (no silent
+            promotion), non-numeric tau, tensors inside ``torch.func`` transforms (``vmap``).
+        ValueError: shapes, N < 1, tau <= 0, non-finite or all-zero embeddings, meta tensors,
+            ``block_size`` not a positive int.
 
     Example:
         >>> z = torch.ones(4, 3)

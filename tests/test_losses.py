@@ -216,6 +216,38 @@ def test_dclw_weights_are_detached_and_change_the_loss():
             ValueError,
             r"block_size",
         ),
+        (
+            lambda: dcl(torch.randn(4, 3), torch.randn(4, 3), block_size=True),
+            ValueError,
+            r"block_size must be a positive int or None, got True",
+        ),
+        (
+            lambda: info_nce(torch.randn(0, 3), torch.randn(0, 3)),
+            ValueError,
+            r"^InfoNCE needs at least 1 pair \(N >= 1\), got N=0$",
+        ),
+        (
+            lambda: dcl(torch.randn(4, 3), torch.randn(4, 3, dtype=torch.float64)),
+            TypeError,
+            r"same dtype, got torch.float32 and torch.float64",
+        ),
+        (
+            lambda: dcl(torch.randn(4, 3, device="meta"), torch.randn(4, 3, device="meta")),
+            ValueError,
+            r"z1 is a meta tensor .* need real values",
+        ),
+        (
+            lambda: torch.func.vmap(lambda a, b: dcl(a, b))(
+                torch.randn(2, 4, 3), torch.randn(2, 4, 3)
+            ),
+            TypeError,
+            r"z1 is wrapped by a torch.func transform \(vmap",
+        ),
+        (
+            lambda: dcl(torch.randn(4, 3), torch.tensor([[1.0, 0, 0], [0, 0, 0]] * 2)),
+            ValueError,
+            r"z2 has all-zero rows \[1, 3\]",
+        ),
         (lambda: DCLLoss(tau=0), ValueError, r"tau"),
         (lambda: DCLWLoss(sigma=-2), ValueError, r"sigma"),
     ],
@@ -283,3 +315,30 @@ def test_gradient_penalty_matches_dense_issue_example():
         return torch.autograd.grad(grad.pow(2).sum(), a)[0]
 
     torch.testing.assert_close(gp("fused"), gp("dense"), rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("scale", [1e-13, 1e-20, 1e-30, 1e19, 1e25])
+def test_normalisation_holds_at_any_scale(kind, dtype, scale):
+    # F.normalize leaves rows below its eps 1e-12 unnormalised; float32 squares under- and
+    # overflow beyond 1e-19 and 1e19. The loss must not depend on the rows' scale at all.
+    z1, z2 = views(6, 5, seed=14)
+    ref = LOSSES[kind](z1, z2, tau=0.2)
+    a = (z1 * scale).to(dtype).requires_grad_()
+    b = (z2 * scale).to(dtype).requires_grad_()
+    got = LOSSES[kind](a, b, tau=0.2)
+    tol = 1e-5 if dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(got.double(), ref, rtol=tol, atol=tol)
+    got.backward()
+    # the gradient of a scale-invariant loss scales as 1 / scale and stays finite
+    assert torch.isfinite(a.grad).all() and torch.isfinite(b.grad).all()
+
+
+def test_normalisation_gradient_is_exact_for_tiny_rows():
+    z1, z2 = views(5, 4, seed=15)
+    a = z1.clone().requires_grad_()
+    (g,) = torch.autograd.grad(dcl(a, z2, tau=0.3), a)
+    tiny = (z1 * 1e-20).requires_grad_()
+    (g_tiny,) = torch.autograd.grad(dcl(tiny, z2, tau=0.3), tiny)
+    torch.testing.assert_close(g_tiny * 1e-20, g, rtol=1e-10, atol=1e-14)
