@@ -45,7 +45,7 @@ from dcl_teach.train import (
     train,
 )
 
-COMMANDS = ("train", "compare")
+COMMANDS = ("train", "compare", "sweep")
 _CHOICES = {"dataset": tuple(ARCHITECTURES), "loss": tuple(LOSSES), "amp": AMP_MODES, "norm": NORMS}
 _ALIASES = {"out_dir": ("--out",)}  # extra spellings of a flag
 
@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m dcl_teach",
         description="Train contrastive encoders with InfoNCE, DCL or DCLW and compare them.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{train,compare}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,compare,sweep}")
     tr = sub.add_parser(
         "train", help="train one model (the default command)",
         usage="python -m dcl_teach [train] [-h] [--resume | --fresh] [--FIELD VALUE ...]",
@@ -136,7 +136,48 @@ def build_parser() -> argparse.ArgumentParser:
                      help="output folder (default: runs/compare)")  # fmt: skip
     add_config_flags(cmp, exclude=("loss", "batch_size", "out_dir"))
     _add_run_flags(cmp)
+    _add_sweep_parser(sub)
     return parser
+
+
+def _add_sweep_parser(sub) -> None:
+    from dcl_teach.sweep import ARMS, SweepConfig
+
+    d = SweepConfig()
+    sw = sub.add_parser(
+        "sweep", help="train losses x batch sizes x seeds with controls; summarise with error bars",
+        usage="python -m dcl_teach sweep [-h] [--out OUT] [--batch-sizes B ...] [--seeds S ...] "
+        "[--arms A ...] [--only NAME ...] [--FIELD VALUE ...]",
+        description="Train every (arm, batch size, seed) of the grid, evaluate each encoder with "
+        "few-label kNN and linear probes, and write OUT/results.json, results.csv and "
+        "summary.csv. Finished runs are skipped: run the same command again to resume.",
+    )  # fmt: skip
+    sw.add_argument("--out", "--out-dir", dest="out_dir", default="results/digits-sweep",
+                    help="output folder (default: results/digits-sweep)")  # fmt: skip
+    sw.add_argument("--batch-sizes", nargs="+", type=int, default=list(d.batch_sizes),
+                    metavar="B", help=f"batch sizes (default: {list(d.batch_sizes)})")  # fmt: skip
+    sw.add_argument("--seeds", nargs="+", type=int, default=list(d.seeds), metavar="S",
+                    help=f"seeds (default: {list(d.seeds)})")  # fmt: skip
+    sw.add_argument("--arms", nargs="+", choices=ARMS, default=list(d.arms), metavar="ARM",
+                    help=f"arms of the grid, from {list(ARMS)} (default: all)")  # fmt: skip
+    sw.add_argument("--match-steps-of", type=int, default=d.match_steps_of, metavar="B",
+                    help="the *_steps arms train as many steps as this batch size does "
+                    f"(default: {d.match_steps_of})")  # fmt: skip
+    sw.add_argument("--steps-batch-sizes", nargs="+", type=int,
+                    default=list(d.steps_batch_sizes), metavar="B",
+                    help=f"batch sizes of the *_steps arms (default: {list(d.steps_batch_sizes)})")  # fmt: skip
+    sw.add_argument("--few-labels", type=int, default=d.few_labels, metavar="K",
+                    help=f"labels per class in the few-label protocols (default: {d.few_labels})")  # fmt: skip
+    sw.add_argument("--few-draws", type=int, default=d.few_draws, metavar="R",
+                    help=f"random label draws averaged over (default: {d.few_draws})")  # fmt: skip
+    sw.add_argument("--few-k", type=int, default=d.few_k, metavar="K",
+                    help=f"kNN neighbours in the few-label protocol (default: {d.few_k})")  # fmt: skip
+    sw.add_argument("--only", nargs="+", default=None, metavar="NAME",
+                    help="train only these runs, e.g. dcl_bs64_seed0")  # fmt: skip
+    sw.add_argument("--threads", type=int, default=None, metavar="N",
+                    help="CPU threads for torch (default: 1 for digits on the CPU)")  # fmt: skip
+    add_config_flags(sw, exclude=("loss", "batch_size", "seed", "out_dir", "progress"))
+    sw.set_defaults(epochs=d.base.epochs)
 
 
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
@@ -187,10 +228,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config_from_args(args)
     except ValueError as e:
         sub.error(str(e))
-    if args.command == "compare" and not (args.losses and args.batch_sizes):
-        sub.error("--losses and --batch-sizes need at least one value each")
     if args.threads is not None and args.threads <= 0:
         sub.error(f"--threads must be a positive integer, got {args.threads}")
+    if args.command == "sweep":
+        return _sweep(config, args, sub)
+    if args.command == "compare" and not (args.losses and args.batch_sizes):
+        sub.error("--losses and --batch-sizes need at least one value each")
     _set_threads(config, args.threads)
     try:
         if args.command == "train":
@@ -291,6 +334,25 @@ def _compare(config: TrainConfig, args: argparse.Namespace, sub) -> int:
         acc = "-" if r["knn_acc"] is None else f"{100 * r['knn_acc']:.1f}%"
         print(f"{r['loss']:>8} {r['batch_size']:>6} {acc:>8} {r['q_b']:6.3f}")
     print(f"wrote {out / 'compare.png'}, {out / 'summary.json'}, {out / 'summary.csv'}")
+    return 0
+
+
+def _sweep(config: TrainConfig, args: argparse.Namespace, sub) -> int:
+    from dcl_teach.sweep import SweepConfig, format_summary, run_sweep
+
+    _set_threads(config, args.threads)
+    try:
+        sweep = SweepConfig(
+            base=dataclasses.replace(config, progress=False),
+            batch_sizes=tuple(args.batch_sizes), seeds=tuple(args.seeds), arms=tuple(args.arms),
+            match_steps_of=args.match_steps_of, steps_batch_sizes=tuple(args.steps_batch_sizes),
+            few_labels=args.few_labels, few_draws=args.few_draws, few_k=args.few_k,
+        )  # fmt: skip
+        results = run_sweep(sweep, args.out_dir, only=args.only, command=" ".join(sys.argv))
+    except ValueError as e:
+        sub.error(str(e))
+    print(format_summary(results))
+    print(f"wrote {Path(args.out_dir) / 'results.json'}, results.csv and summary.csv")
     return 0
 
 

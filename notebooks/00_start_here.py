@@ -148,8 +148,7 @@ print(f"dcl_teach {dcl_teach.__version__} on {device}")
 # First, the versions of the four libraries the course needs. (Your numbers may differ from
 # the ones saved in this notebook; the assert only asks for recent enough versions.)
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 def major_minor(version: str) -> tuple[int, int]:
     """'2.4.1+cpu' -> (2, 4)."""
     major, minor = version.split(".")[:2]
@@ -185,8 +184,7 @@ print(", ".join(f"{name} {v}" for name, v in versions.items()))
 # whatever the temperature. (Notebook 01 explains every piece of this; here it is only a
 # test that the package runs.)
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 N = 8
 z_same = torch.ones(N, 3, device=device)  # (N, D) all 2N embeddings identical
 loss = info_nce(z_same, z_same, tau=0.1)
@@ -219,8 +217,7 @@ assert all(np.allclose(m, closed, rtol=1e-5, atol=1e-6) for m in measured.values
 # `interactive(children=...)`, widgets are not enabled in your Jupyter: run the course in
 # JupyterLab 4, Binder or Colab.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 def show_identical_batch(n: int = 8) -> None:
     """Print the loss of n identical pairs next to its closed form."""
     z = torch.ones(n, 3)  # (n, D)
@@ -248,8 +245,7 @@ _ = widgets.interact(
 # The self-check is `dcl_teach.exercises.check`. Here it is with a deliberately wrong answer,
 # so you know what a helpful "not yet right" looks like:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 demo = check(
     "0.0", lambda x: x**2, torch.tensor([1.0, 2.0, 3.0]), expected=torch.tensor([2.0, 4.0, 6.0])
 )

@@ -201,8 +201,7 @@ assert torch.bincount(roles.flatten()).tolist() == [2 * N, 2 * N, 2 * N * (N - 1
 # loss is what pushes them there. Not every row is so tidy, though. Which anchors already rank
 # their positive first?
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 best_negative = cos.masked_fill(~negatives, float("-inf")).amax(dim=1)  # (2N,)
 positive_cos = cos[r, p]  # (2N,)
 ranked_first = (positive_cos > best_negative).tolist()
@@ -287,8 +286,7 @@ def info_nce_naive(z: torch.Tensor, tau: float) -> torch.Tensor:
 # Check against the package at $\tau = 0.1$, anchor by anchor (`reduction="none"` returns the
 # $2N$ values $L_a$ in the order of the rows of $z$):
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 naive = info_nce_naive(z, tau=0.1)  # (2N,)
 reference = info_nce(z1, z2, tau=0.1, reduction="none")  # (2N,)
 assert torch.allclose(naive, reference, rtol=1e-5, atol=1e-6)
@@ -299,8 +297,7 @@ print(f"tau = 0.1: naive mean {naive.mean().item():.4f}, info_nce {reference.mea
 # $3.4 \times 10^{38} \approx e^{88.7}$, and a positive with cosine $0.9$ has
 # $s = 0.9 / 0.005 = 180$. Its exponential is `inf`, and `inf / (inf + U)` is not a number:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 float32_max = torch.finfo(torch.float32).max
 s_small = z @ z.T / 0.005  # (2N, 2N)
 naive_small = info_nce_naive(z, tau=0.005)  # (2N,)
@@ -343,8 +340,7 @@ def info_nce_stable(z: torch.Tensor, tau: float) -> torch.Tensor:
 # Check: it agrees with the package at both temperatures, including the one where the naive
 # version gave `nan`.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 for t in (0.1, 0.005):
     ours = info_nce_stable(z, tau=t)  # (2N,)
     assert torch.allclose(ours, info_nce(z1, z2, tau=t, reduction="none"), rtol=1e-5, atol=1e-5)
@@ -410,8 +406,7 @@ def info_nce_loop(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> float:
 # %% [markdown]
 # Check against the package, in float64 so that the comparison can be tight:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 z1_64 = F.normalize(z1.double().cpu(), dim=1)  # (N, D) the same batch in float64
 z2_64 = F.normalize(z2.double().cpu(), dim=1)  # (N, D)
 loop_value = info_nce_loop(z1_64, z2_64, tau=0.1)
@@ -460,8 +455,7 @@ def info_nce_one_anchor(z: torch.Tensor, a: int, tau: float) -> float:
 # With whichever function passed, the per-anchor losses of our batch at $\tau = 0.005$ (the
 # package's float64 numbers, not the naive `nan`):
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 per_anchor = [float(one_anchor_fn(z_64, a, 0.005)) for a in range(2 * N)]
 assert np.allclose(per_anchor, info_nce(z1_64, z2_64, tau=0.005, reduction="none").numpy())
 print("L_a at tau = 0.005:", [round(v, 3) for v in per_anchor])
@@ -481,8 +475,7 @@ print("L_a at tau = 0.005:", [round(v, 3) for v in per_anchor])
 # is uniform over the $2N - 1$ candidates, and $L = \log(2N - 1)$ at every $\tau$. This is the
 # loss of an encoder that has collapsed to a single point: it has learnt nothing.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 for n in (2, 4, 32):
     ones = torch.ones(n, D, dtype=torch.float64)  # (n, D)
     value = info_nce(ones, ones, tau=0.1).item()

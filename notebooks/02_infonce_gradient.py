@@ -189,8 +189,7 @@ with torch.no_grad():
 assert torch.allclose(auto_ds, ours_ds, rtol=1e-12, atol=1e-14)
 print(f"(2.1) matches autograd for every entry of row {a} (and the other rows are 0)")
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 assert torch.isclose(q[a], 1 - p[a, pos[a]])  # (2.4)
 assert torch.isclose(auto_ds[a, pos[a]], -q[a])  # (2.2)
 assert torch.allclose(auto_ds[a][neg[a]], q[a] * p_minus[a][neg[a]])  # (2.3)
@@ -311,20 +310,17 @@ grad_anchor = q_a / tau * (-z[pos[a]] + w_neg @ z)  # (D,) Eq. (2.5)
 grad_positive = -q_a / tau * z[a]  # (D,) Eq. (2.6)
 grad_negatives = q_a / tau * w_neg[neg[a], None] * z[a]  # (2N-2, D) Eq. (2.7)
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 assert torch.allclose(grad_anchor, auto[a], rtol=1e-10, atol=1e-12)
 ours, autograd = grad_anchor.norm().item(), auto[a].norm().item()
 print(f"(2.5) anchor:   |dL_a/dz_a| = {ours:.5f}, autograd {autograd:.5f}")
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 assert torch.allclose(grad_positive, auto[pos[a]], rtol=1e-10, atol=1e-12)
 ours, autograd = grad_positive.norm().item(), auto[pos[a]].norm().item()
 print(f"(2.6) positive: |dL_a/dz_p(a)| = {ours:.5f}, autograd {autograd:.5f}")
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 assert torch.allclose(grad_negatives, auto[neg[a]], rtol=1e-10, atol=1e-12)
 ours, autograd = grad_negatives.norm(dim=1).max().item(), auto[neg[a]].norm(dim=1).max().item()
 print(f"(2.7) negatives: largest |dL_a/dz_j| = {ours:.5f}, autograd {autograd:.5f}")
@@ -446,8 +442,7 @@ def info_nce_grad_loop(z1: torch.Tensor, z2: torch.Tensor, tau: float):
 # %% [markdown]
 # Three-way check: our loop, the package's closed form, and autograd on the mean loss.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 loop_1, loop_2 = info_nce_grad_loop(z1, z2, tau)  # (N, D) each
 pkg_1, pkg_2 = info_nce_grad(z1, z2, tau=tau)  # (N, D) each
 leaf_1, leaf_2 = z1.clone().requires_grad_(), z2.clone().requires_grad_()
@@ -547,8 +542,7 @@ print(f"cos(anchor, positive) = {far_cos[0, N].item():.3f}, cos(anchor, every ne
 # own loss on the anchor (2.5) and on the positive (2.6, with your `positive_grads` if it
 # passed), and the anchor's row of the whole-batch gradient (`info_nce_grad`).
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 for t in (0.1, 0.5):
     q_far = coupling_fn(far_1, far_2, t)  # (2N,)
     anchor_grad = anchor_loss_grad(far_1, far_2, 0, t)[0]  # (D,) Eq. (2.5)
@@ -582,8 +576,7 @@ print(
 # $2N - 2$ sits in the denominator: a small batch makes $q_a$ smaller still (notebook 03 explores
 # this).
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 for t in (0.1, 0.5):
     closed = 1 / (1 + math.exp((0.2 - (-0.6)) / t) / (2 * N - 2))
     assert math.isclose(

@@ -126,8 +126,7 @@ def dcl_loop(z1: torch.Tensor, z2: torch.Tensor, *, tau: float) -> torch.Tensor:
 # The package computes the same thing without a loop (`reduction="none"` returns the $2N$
 # per-anchor losses, in the order of `cat([z1, z2])`):
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 z1, z2 = unit_batch(8, 16, seed=1)
 loop = dcl_loop(z1, z2, tau=0.2)  # (2N,)
 package = dcl(z1, z2, tau=0.2, normalize=False, reduction="none")  # (2N,)
@@ -141,8 +140,7 @@ print(
 # every similarity is $1/\tau$, so $L_a = -1/\tau + \log\big((2N-2)\,e^{1/\tau}\big) = \log(2N-2)$,
 # at any temperature.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 z_same = torch.ones(8, 3, dtype=torch.float64)  # (N, D)
 for tau in (0.1, 1.0):
     value = dcl(z_same, z_same, tau=tau).item()
@@ -159,8 +157,7 @@ for tau in (0.1, 1.0):
 # $L^{\text{DCL}}_a = L^{\text{InfoNCE}}_a + \log q_a$: DCL is always the smaller of the two, and
 # the gap is largest for the anchors with the smallest $q_B$.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 per_info = info_nce(z1, z2, tau=0.2, normalize=False, reduction="none")  # (2N,)
 q = coupling(z1, z2, tau=0.2, normalize=False)  # (2N,)
 assert torch.allclose(package, per_info + q.log(), atol=1e-12)
@@ -233,8 +230,7 @@ def dcl_dense(z1: torch.Tensor, z2: torch.Tensor, *, tau: float) -> torch.Tensor
 # Whichever version we carry on with, it also agrees with the package on a larger batch with
 # raw (unnormalised) embeddings:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 g_big = torch.Generator().manual_seed(3)
 raw1, raw2 = torch.randn(32, 8, generator=g_big), torch.randn(32, 8, generator=g_big)  # (N, D)
 ours = dcl_dense_fn(raw1, raw2, tau=0.1)  # (2N,)
@@ -284,8 +280,7 @@ def dcl_anchor_grad(z: torch.Tensor, a: int, *, tau: float) -> torch.Tensor:
     return grad
 
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 z = torch.cat([z1, z2]).requires_grad_()  # (2N, D) one leaf, so autograd sees every row
 per_anchor = dcl(z[:8], z[8:], tau=0.2, normalize=False, reduction="none")  # (2N,)
 a = 3
@@ -298,8 +293,7 @@ print(f"Eq. (4.2) matches autograd for anchor {a}: {int((auto.norm(dim=1) > 0).s
 # **every** anchor: the gradient of the InfoNCE term $L_a$ with respect to all embeddings
 # equals $q_a$ times the gradient of the DCL term $L_a$.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 info_terms = info_nce(z[:8], z[8:], tau=0.2, normalize=False, reduction="none")  # (2N,)
 q = coupling(z1, z2, tau=0.2, normalize=False)  # (2N,)
 worst = 0.0
@@ -315,8 +309,7 @@ print("grad InfoNCE_a == q_a * grad DCL_a for all 16 anchors, on anchor, positiv
 # $q_a$ multiplies each anchor's term, the InfoNCE gradient is the gradient of a
 # *$q$-weighted* DCL loss in which the weights are held fixed:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 g1, g2 = dcl_grad(z1, z2, tau=0.2)  # closed form, (N, D) each
 auto1, auto2 = torch.autograd.grad(dcl(z[:8], z[8:], tau=0.2, normalize=False), z)[0].chunk(2)
 assert torch.allclose(g1, auto1, atol=1e-12) and torch.allclose(g2, auto2, atol=1e-12)
@@ -364,8 +357,7 @@ def my_dcl_grad(z1: torch.Tensor, z2: torch.Tensor, *, tau: float):  # noqa: F81
 # With the gradient function we carry on with, one step of plain gradient descent on the
 # embeddings lowers the DCL loss, as a correct gradient must:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 before = dcl(z1, z2, tau=0.2, normalize=False).item()
 step1, step2 = dcl_grad_fn(z1, z2, tau=0.2)
 after = dcl(z1 - 0.01 * step1, z2 - 0.01 * step2, tau=0.2).item()
@@ -383,8 +375,7 @@ print(f"DCL before {before:.4f}, after one small step {after:.4f}")
 # the synthetic batches of notebook 03 (positive cosine 0.5, negatives around 0.1): the same
 # pool of 2,048 pairs, cut into batches of different sizes.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 pool = synthetic_pool(pos_sim=0.5, neg_sim=0.1)  # 2,048 pairs, (2048, 32) each
 print("  tau  batch  mean q_B  |grad| InfoNCE  |grad| DCL")
 for tau in (0.1, 0.5):
@@ -411,8 +402,7 @@ render_grad_comparison(tau=0.1, batch_size=8)
 # synthetic batch) and watch where the two curves meet. Which is the smallest batch size at
 # which InfoNCE keeps 90 % of DCL's gradient at $\tau = 0.1$? And at $\tau = 0.5$?
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 explore_grad_comparison()
 
 # %% [markdown] slideshow={"slide_type": "slide"}
@@ -443,8 +433,7 @@ def dcl_floor(n: int, tau: float) -> float:
 # batches whose two views are identical (the positive as close as it can be). No anchor goes
 # below its floor, and many anchors are negative.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 g = torch.Generator().manual_seed(0)
 lowest_gap, negative = math.inf, 0
 for n in (2, 4, 16):
@@ -466,8 +455,7 @@ print(
 # negative at cosine $-1$. With two images that is possible: put both views of image 1 at a
 # vector $v$ and both views of image 2 at $-v$.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 v = F.normalize(torch.tensor([[1.0, 2.0, 2.0]], dtype=torch.float64), dim=1)  # (1, D)
 z_extreme = torch.cat([v, -v])  # (2, D): image 1 at v, image 2 at -v, both views alike
 for tau in (0.1, 0.5):
@@ -521,8 +509,7 @@ plt.show()
 # $\lVert \sum_a z_a \rVert^2 \ge 0$ shows that no batch of unit vectors does better on
 # average; the simplex itself needs $D \ge N - 1$ dimensions.)
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 for n, curve in curves.items():
     simplex = -1 / 0.5 + math.log(2 * n - 2) - 1 / ((n - 1) * 0.5)
     assert curve[-1] >= dcl_floor(n, 0.5) - 1e-9 and abs(curve[-1] - simplex) < 1e-4
@@ -552,8 +539,7 @@ for n, curve in curves.items():
 # throw the block away. That is what `dcl_teach.fused` does (the same kernel serves InfoNCE,
 # where the denominator keeps the positive). First, the numbers must not change:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 z1b, z2b = unit_batch(64, 32, seed=2)
 dense_z = torch.cat([z1b, z2b]).requires_grad_()  # (2N, D)
 dense_loss = dcl(dense_z[:64], dense_z[64:], tau=0.1, impl="dense")
@@ -574,8 +560,7 @@ print(f"fused (blocks of 1, 7, 128 rows) = dense: loss {dense_loss.item():.4f}, 
 # measured; a dense implementation keeps several such matrices alive, so the true ratio is
 # larger still).
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 MIB = 2**20
 sizes = (256, 1024, 4096, 16384, 65536)
 dense_mib, block_mib = [], []
@@ -637,8 +622,7 @@ def floor_batch(tau: float) -> torch.Tensor:  # noqa: F811
 # %% [markdown]
 # Whichever batch we carry on with sits on the floor at every temperature:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 for tau in (0.05, 0.1, 1.0):
     value = float(floor_fn(tau))
     assert math.isclose(value, dcl_floor(2, tau), rel_tol=1e-9)
@@ -680,8 +664,7 @@ def similarity_bytes(n: int) -> tuple[int, int]:  # noqa: F811
 # %% [markdown]
 # And the answer to the question, with the function we carry on with:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 first = next(n for n in range(2, 10**6) if bytes_fn(n)[0] > 2**30)
 print(f"the float32 2N x 2N matrix first exceeds 1 GiB at N = {first:,} pairs")
 

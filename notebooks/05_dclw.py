@@ -101,8 +101,7 @@ def vmf_naive(c: torch.Tensor, *, sigma: float) -> torch.Tensor:
 c = default_cosines(64)  # (N,) cosines of the positive pairs, float64
 z1, z2 = views_with_cosines(c, 32, generator=torch.Generator().manual_seed(0))  # (N, D) each
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 w = vmf_naive(c, sigma=0.5)  # (N,)
 assert torch.allclose(w, vmf_weights(z1, z2, sigma=0.5), atol=1e-12)  # the package, from z
 assert math.isclose(w.mean().item(), 1.0, rel_tol=1e-12) and w.max() < 2
@@ -114,8 +113,7 @@ print(
 # Formula (5.1) as written has a trap. In float32, $e^{x}$ overflows beyond $x \approx 88.7$,
 # and $c/\sigma$ reaches that at $\sigma = 0.01$:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 naive32 = vmf_naive(c.float(), sigma=0.01)  # (N,)
 package32 = vmf_weights_from_cosines(c.float(), sigma=0.01)  # (N,)
 assert naive32.isnan().any() and package32.isfinite().all()
@@ -169,8 +167,7 @@ def weights_from_cosines(c: torch.Tensor, sigma: float) -> torch.Tensor:  # noqa
 # zero, while all the others approach the ceiling of 2. The table uses the 64 pairs from above,
 # with the weight function we carry on with.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 print("sigma   min w   max w   w < 0   mean w")
 for sigma in (0.1, 0.2, 0.5, 1.0, 2.0, 10.0):
     w = weights_fn(c, sigma)  # (N,)
@@ -188,8 +185,7 @@ render_vmf_weights(sigma=0.2, cosines=c)
 # Move **sigma** and watch the curve bend. Where does the first weight cross zero? At $\sigma = 0.5$,
 # the value the public implementations use by default, this batch has no negative weight.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 explore_vmf_weights(c)
 
 # %% [markdown] slideshow={"slide_type": "slide"}
@@ -200,8 +196,7 @@ explore_vmf_weights(c)
 # cosine 0 except a single pair at cosine 1. Then
 # $w_1 = 2 - 256\,e^{2} / (255 + e^{2}) \approx -5.2$ at $\sigma = 0.5$.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 c_outlier = torch.zeros(256, dtype=torch.float64)  # (N,)
 c_outlier[0] = 1.0
 zo1, zo2 = views_with_cosines(c_outlier, 32, generator=torch.Generator().manual_seed(1))
@@ -219,8 +214,7 @@ print(
 # steps on the embeddings, renormalising after each, once with the DCL gradient and once with
 # the DCLW gradient:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 c_out9 = c_outlier.clone()
 c_out9[0] = 0.9
 zo1, zo2 = views_with_cosines(c_out9, 32, generator=torch.Generator().manual_seed(1))
@@ -298,8 +292,7 @@ def dclw_from_dcl(z1: torch.Tensor, z2: torch.Tensor, tau: float, sigma: float) 
 # $(1 - w_i)\, s_{a,p(a)}$ is negative there, as long as the positive similarity is positive).
 # With the function we carry on with:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 per_w = dclw_fn(z1, z2, 0.2, 0.5)  # (2N,)
 per_d = dcl(z1, z2, tau=0.2, normalize=False, reduction="none")  # (2N,)
 heavy = torch.cat([vmf_weights(z1, z2, sigma=0.5)] * 2) > 1  # (2N,) anchors of pairs with w > 1
@@ -324,8 +317,7 @@ print(
 # $\partial L^{\text{DCLW}} / \partial z^{(1)}_i - \partial L^{\text{DCL}} / \partial z^{(1)}_i = -\frac{w_i - 1}{N\tau}\, z^{(2)}_i$.
 # The package's `dclw` (with autograd), its closed form `dclw_grad`, and that difference:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 tau, sigma, n = 0.2, 0.5, 64
 zz = torch.cat([z1, z2]).requires_grad_()  # (2N, D) one leaf for autograd
 auto1, auto2 = torch.autograd.grad(dclw(zz[:n], zz[n:], tau=tau, sigma=sigma, normalize=False), zz)[
@@ -372,8 +364,7 @@ def dclw_live(z1: torch.Tensor, z2: torch.Tensor, *, tau: float, sigma: float) -
     return (per_dcl + (1 - torch.cat([w, w])) * s_pos).mean()
 
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 zz = torch.cat([z1, z2]).requires_grad_()  # (2N, D)
 live = dclw_live(zz[:n], zz[n:], tau=tau, sigma=sigma)
 detached = dclw(zz[:n], zz[n:], tau=tau, sigma=sigma, normalize=False)
@@ -393,8 +384,7 @@ print(f"same loss {live.item():.4f}; gradients differ by exactly Eq. (5.4) on al
 # the whole detached gradient, and the average size of the extra pull on a pair's cosine with the
 # average detached pull $|w_k|$ (both in units of $1/(N\tau)$).
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 print("sigma   |extra| / |detached grad|   mean |extra pull|   mean |w|")
 for s in (0.2, 0.5, 1.0, 2.0):
     zz = torch.cat([z1, z2]).requires_grad_()
@@ -476,8 +466,7 @@ def mean_weights(c: torch.Tensor, sigma: float) -> torch.Tensor:  # noqa: F811
 # %% [markdown]
 # However wild the batch and whatever $\sigma$, the mean stays at 1:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 g_wild = torch.Generator().manual_seed(4)
 wild = 2 * torch.rand(1000, 64, generator=g_wild, dtype=torch.float64) - 1  # (B, N) any cosines
 worst = max((mean_fn(wild, s) - 1).abs().max().item() for s in (0.05, 0.5, 5.0))
@@ -528,8 +517,7 @@ def outlier_weight(n: int, sigma: float) -> float:  # noqa: F811
 # The answer to the question, with the function we carry on with. The outlier's weight keeps
 # falling as the batch grows, towards $2 - e^{1/\sigma}$:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 first = next(n for n in range(2, 10**6) if outlier_fn(n, 0.5) < 0)
 print(f"sigma = 0.5: the outlier's weight is negative from N = {first} pairs on")
 for n in (2, first, 256, 4096):

@@ -156,12 +156,22 @@ def test_saved_outputs_are_complete_and_png_only(notebook):
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert images and not [o for o in outputs if "image/svg+xml" in o.get("data", {})]
     for cell in code:
-        if "NBVAL_CHECK_OUTPUT" in cell.source:
-            assert _text(cell).strip(), f"{name}: a CHECK_OUTPUT cell prints nothing"
+        if "nbval-check-output" in _tags(cell):
+            assert _text(cell).strip(), f"{name}: a checked cell prints nothing"
         if "check" in _tags(cell):
             assert "not yet implemented" in _text(cell)  # saved as a learner first sees it
         if "widgets." in cell.source and "interact" in cell.source:
-            assert cell.source.startswith("# NBVAL_IGNORE_OUTPUT")
+            assert "nbval-ignore-output" in _tags(cell), f"{name}: a slider cell is checked"
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.stem)
+def test_nbval_markers_are_tags_not_comments(path):
+    """Learners read the code: test plumbing lives in cell tags, never in `# NBVAL_` lines."""
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        assert "NBVAL_" not in cell.source, f"{path.name}: an NBVAL comment in {cell.source[:60]!r}"
+        both = {"nbval-check-output", "nbval-ignore-output"} <= set(_tags(cell))
+        assert not both, f"{path.name}: a cell both checked and ignored"
 
 
 def test_start_here_maps_the_course_and_the_notation():
