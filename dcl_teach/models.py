@@ -34,6 +34,24 @@ def _check_norm(norm: str) -> None:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
 
 
+def _resnet_width(feature_dim: int | None, width: int | None) -> int:
+    """The base width of a ResNet18 given its feature_dim, its width, both or neither."""
+    for name, value in (("feature_dim", feature_dim), ("width", width)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                  or value <= 0):  # fmt: skip
+            raise ValueError(f"ResNet18 {name} must be a positive integer, got {value!r}")
+    if feature_dim is not None and feature_dim % 8:
+        raise ValueError(f"ResNet18 feature_dim must be a multiple of 8, got {feature_dim}")
+    if width is None:
+        return 64 if feature_dim is None else feature_dim // 8
+    if feature_dim is not None and feature_dim != 8 * width:
+        raise ValueError(
+            f"ResNet18 features are its last stage, 8 x width wide: width {width} gives "
+            f"feature_dim {8 * width}, got feature_dim {feature_dim} (give only one of them)"
+        )
+    return width
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions with a residual connection (He et al., 2016)."""
 
@@ -59,25 +77,42 @@ class BasicBlock(nn.Module):
 class ResNet18(nn.Module):
     """CIFAR-style ResNet-18 encoder: 3x3 stride-1 stem, no max-pool, BasicBlocks [2, 2, 2, 2].
 
+    The four stages are ``width, 2 width, 4 width, 8 width`` channels wide and the feature
+    vector is the last stage pooled, so ``feature_dim == 8 * width``: give either one. With
+    neither, ``width=64`` is the standard ResNet-18 (11.2 M parameters); ``width=32`` has a
+    quarter of its parameters and FLOPs (the ``colab`` preset of :mod:`dcl_teach.train`).
+
     Args:
         in_channels: image channels (3 for CIFAR-10).
-        feature_dim: width of the last stage and of the feature vector (512 is ResNet-18);
-            the stages are ``feature_dim // 8, // 4, // 2, feature_dim`` wide.
+        feature_dim: width F of the last stage and of the feature vector (512 is ResNet-18).
+        width: channels of the stem and first stage (64 is ResNet-18).
         norm: ``"batch"`` or ``"none"``.
+
+    Raises:
+        ValueError: a width that is not a positive integer, a feature_dim that is not a
+            multiple of 8, or both given with ``feature_dim != 8 * width``.
 
     Example:
         >>> ResNet18(feature_dim=64)(torch.zeros(2, 3, 32, 32)).shape
         torch.Size([2, 64])
+        >>> ResNet18(width=32).feature_dim
+        256
 
     Taught in notebook 06.
     """
 
-    def __init__(self, *, in_channels: int = 3, feature_dim: int = 512, norm: str = "batch"):
+    def __init__(
+        self,
+        *,
+        in_channels: int = 3,
+        feature_dim: int | None = None,
+        width: int | None = None,
+        norm: str = "batch",
+    ):
         super().__init__()
         _check_norm(norm)
-        if feature_dim < 8 or feature_dim % 8:
-            raise ValueError(f"ResNet18 feature_dim must be a multiple of 8, got {feature_dim}")
-        widths = [feature_dim // 8, feature_dim // 4, feature_dim // 2, feature_dim]
+        width = _resnet_width(feature_dim, width)
+        widths = [width, 2 * width, 4 * width, 8 * width]
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, widths[0], 3, stride=1, padding=1, bias=norm == "none"),
             _norm(norm, widths[0]),
@@ -95,7 +130,8 @@ class ResNet18(nn.Module):
             c_in = c_out
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.feature_dim = feature_dim
+        self.width = width
+        self.feature_dim = widths[-1]
         _init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -209,41 +245,59 @@ class ContrastiveModel(nn.Module):
 
 
 def build_model(
-    dataset: str, *, feature_dim: int | None = None, proj_dim: int = 128, norm: str = "batch"
+    dataset: str,
+    *,
+    feature_dim: int | None = None,
+    proj_dim: int = 128,
+    norm: str = "batch",
+    width: int | None = None,
 ) -> ContrastiveModel:
     """The encoder and head used for ``dataset``: ResNet-18 for CIFAR-10, a small CNN for digits.
 
     Args:
         dataset: ``"digits"`` (1x8x8) or ``"cifar10"`` (3x32x32).
-        feature_dim: feature width F; None gives 128 for digits and 512 for ResNet-18.
+        feature_dim: feature width F; None gives 128 for digits and ``8 * width`` (512) for
+            ResNet-18.
         proj_dim: output dimension D of the projection head.
         norm: ``"batch"`` (BatchNorm everywhere) or ``"none"`` (no normalisation layers).
+        width: ResNet-18 base channels (64 = standard, None: 64 or ``feature_dim // 8``);
+            CIFAR-10 only.
 
     Returns:
         A freshly initialised :class:`ContrastiveModel` (seed torch first for repeatable weights).
 
     Raises:
-        ValueError: for an unknown dataset or norm, or a non-positive dimension.
+        ValueError: for an unknown dataset or norm, a non-positive dimension, a width for
+            digits, or a width that disagrees with feature_dim.
 
     Example:
         >>> _ = torch.manual_seed(0)
         >>> model = build_model("digits", proj_dim=32)
         >>> model(torch.zeros(2, 1, 8, 8)).shape
         torch.Size([2, 32])
+        >>> build_model("cifar10", width=16).encoder.feature_dim
+        128
 
     Taught in notebook 06.
     """
     if dataset not in ARCHITECTURES:
         raise ValueError(f"dataset must be one of {sorted(ARCHITECTURES)}, got {dataset!r}")
     arch, in_channels, default_dim = ARCHITECTURES[dataset]
-    feature_dim = default_dim if feature_dim is None else feature_dim
-    if feature_dim <= 0 or proj_dim <= 0:
+    if proj_dim <= 0 or (feature_dim is not None and feature_dim <= 0):
         raise ValueError(
             f"feature_dim and proj_dim must be positive, got {feature_dim} and {proj_dim}"
         )
-    encoder_cls = ResNet18 if arch == "resnet18" else SmallCNN
-    encoder = encoder_cls(in_channels=in_channels, feature_dim=feature_dim, norm=norm)
-    head = ProjectionHead(feature_dim, out_dim=proj_dim, norm=norm)
+    if arch == "resnet18":
+        encoder: nn.Module = ResNet18(
+            in_channels=in_channels, feature_dim=feature_dim, width=width, norm=norm
+        )
+    elif width is not None:
+        raise ValueError(f"width is the ResNet-18's base width (cifar10), got {width!r} for "
+                         f"{dataset!r}: set feature_dim instead")  # fmt: skip
+    else:
+        feature_dim = default_dim if feature_dim is None else feature_dim
+        encoder = SmallCNN(in_channels=in_channels, feature_dim=feature_dim, norm=norm)
+    head = ProjectionHead(encoder.feature_dim, out_dim=proj_dim, norm=norm)
     return ContrastiveModel(encoder, head)
 
 

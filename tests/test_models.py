@@ -69,6 +69,54 @@ def test_feature_dim_scales_the_widths():
     assert build_model("digits", feature_dim=16).features(torch.zeros(2, 1, 8, 8)).shape == (2, 16)
 
 
+@pytest.mark.parametrize("width", [8, 16, 32, 64])
+def test_resnet18_width_sets_every_stage_and_the_parameter_count(width):
+    # Counted by hand for base width w (stages w, 2w, 4w, 8w): 3x3 convs 2724 w^2 in all
+    # (stage 1: 4 x 9w^2; stage 2: 18 + 36 + 2 (1x1 shortcut) + 2 x 36 = 128 w^2; stages 3
+    # and 4: 4x and 16x stage 2), and 177 w from the stem conv (27 w) and BatchNorm (150 w).
+    # At w = 64 this is the standard 11,168,832 of the test above.
+    enc = ResNet18(width=width)
+    assert n_params(enc) == 2724 * width**2 + 177 * width
+    assert [stage[0].conv1.out_channels for stage in enc.stages] == [width, 2 * width,
+                                                                      4 * width, 8 * width]  # fmt: skip
+    x = torch.zeros(2, 3, 32, 32)
+    assert enc.stem(x).shape == (2, width, 32, 32)
+    assert enc.stages(enc.stem(x)).shape == (2, 8 * width, 4, 4)
+    assert enc(x).shape == (2, 8 * width) and enc.feature_dim == 8 * width
+
+
+def test_build_model_width_sizes_encoder_and_head():
+    model = build_model("cifar10", width=32, proj_dim=64)
+    assert model.encoder.width == 32 and model.encoder.feature_dim == 256
+    assert model.head[0].in_features == 256 and model.head[-1].out_features == 64
+    assert model(torch.zeros(3, 3, 32, 32)).shape == (3, 64)
+    # width and feature_dim are two names for one choice: consistent values are accepted
+    assert n_params(build_model("cifar10", width=32, feature_dim=256, proj_dim=64)) == n_params(
+        model
+    )
+    assert build_model("cifar10").encoder.width == 64  # the standard ResNet-18
+
+
+def test_same_seed_same_weights_at_any_width_spelling():
+    # width=16 and feature_dim=128 build the same layers in the same order: the same weights.
+    torch.manual_seed(1)
+    a = build_model("cifar10", width=16)
+    torch.manual_seed(1)
+    b = build_model("cifar10", feature_dim=128)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+
+
+def test_channels_last_model_gives_the_same_features_on_the_cpu():
+    torch.manual_seed(0)
+    model = build_model("cifar10", width=8).eval()
+    x = torch.randn(2, 3, 32, 32)
+    expected = model(x)
+    model = model.to(memory_format=torch.channels_last)
+    out = model(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+
+
 def test_features_are_what_the_head_projects():
     torch.manual_seed(0)
     model = build_model("digits", feature_dim=32, proj_dim=8).eval()
@@ -124,6 +172,9 @@ def test_gradients_reach_every_parameter():
         ({"dataset": "digits", "proj_dim": 0}, "must be positive"),
         ({"dataset": "digits", "feature_dim": 30}, "multiple of 4"),
         ({"dataset": "cifar10", "feature_dim": 100}, "multiple of 8"),
+        ({"dataset": "cifar10", "width": 0}, "width must be a positive integer, got 0"),
+        ({"dataset": "cifar10", "width": 32, "feature_dim": 512}, "width 32 gives feature_dim 256"),
+        ({"dataset": "digits", "width": 32}, "width is the ResNet-18's base width"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(kwargs, match):
