@@ -166,6 +166,185 @@ def dense_grads(
     return grad_a, grad_c
 
 
+#: Side of the square tiles of the symmetric kernel: one 512 x 512 float32 tile (1 MiB) stays
+#: in a core's L2 cache through all the passes over it.
+SYMMETRIC_TILE = 512
+
+#: The symmetric kernel keeps the tiles of its forward pass for the backward pass (instead of
+#: recomputing them) when they hold at most this many entries, 32 MiB of float32: up to
+#: N = 1024 pairs with the default tile.
+CACHE_ENTRIES = 1 << 23
+
+
+def _exclude_(s: torch.Tensor, r0: int, c0: int, n: int, decoupled: bool) -> torch.Tensor:
+    """Fill the tile ``s = S[r0:, c0:]`` with ``-inf`` where ``S[a, a]`` (and ``S[a, p(a)]``).
+
+    The excluded entries lie on diagonals of the tile, so they are set through diagonal views:
+    no index tensors and no host-device synchronisation. ``p(a) = a + n`` for ``a < n``, else
+    ``a - n`` (:func:`dcl_teach.masks.positive_of` with ``K = 2n``).
+    """
+    r1, c1 = r0 + s.shape[0], c0 + s.shape[1]
+    # anchors a in [lo, hi) have their excluded entry in column a + shift
+    spans = [(0, 0, 2 * n)] + ([(n, 0, n), (-n, n, 2 * n)] if decoupled else [])
+    for shift, lo, hi in spans:
+        a0, a1 = max(r0, c0 - shift, lo), min(r1, c1 - shift, hi)
+        if a0 < a1:
+            offset = r0 + shift - c0  # column minus row of these entries inside the tile
+            start = a0 - r0 if offset >= 0 else a0 + shift - c0
+            s.diagonal(offset)[start : start + a1 - a0].fill_(float("-inf"))
+    return s
+
+
+def _tile_logsumexp(s: torch.Tensor, dim: int, scratch: torch.Tensor) -> torch.Tensor:
+    """``logsumexp`` of the tile along ``dim``, shifted by the tile's own maxima, without
+    subnormals; rows (or columns) that are all ``-inf`` give the float's lowest value."""
+    low = torch.finfo(s.dtype).min
+    m = s.amax(dim=dim, keepdim=True).clamp_min_(low)  # (b, 1) or (1, c) finite
+    e = _exp_floored_(torch.sub(s, m, out=scratch))  # same shape as s, in [e^-64, 1]
+    return e.sum(dim=dim).log_().add_(m.squeeze(dim))  # (b,) or (c,)
+
+
+def _flat(buf: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    return buf[: rows * cols].view(rows, cols)  # contiguous, for out= arguments
+
+
+class SymmetricContrastiveFunction(torch.autograd.Function):
+    """The single-process kernel: the candidates are the anchors, so ``S`` is symmetric.
+
+    ``apply(z, weights, tau, decoupled, block_size, scale)`` with ``z`` (K, D) the stacked views
+    ``[z1; z2]`` (anchor ``a``'s positive at ``(a + K/2) mod K``), ``weights`` (K,) and
+    ``scale`` as in :class:`ContrastiveFunction`. Returns the scalar ``g * sum_a L_a``.
+
+    Only the tiles ``S[I, J]`` with ``I <= J`` of square blocks are computed, and each serves
+    the rows of ``I`` and (transposed) the rows of ``J``:
+
+    * forward: the log-sum-exp ``lse_a`` of every row, accumulated tile by tile (each tile
+      shifted by its own row and column maxima, so nothing is subnormal at any tau);
+    * backward: with ``P[a, b] = exp(s[a, b] - lse_a)``, the gradient is
+      ``(g / tau) ((P + P^T) Z - (w_a + w_{p(a)}) z_{p(a)})``, and ``Q = P + P^T`` is
+      symmetric, so each tile of ``Q`` gives ``Q[I, J] Z[J]`` to rows ``I`` and
+      ``Q[I, J]^T Z[I]`` to rows ``J``.
+
+    That is two GEMM-equivalents per pass of half the matrix, about 2 K^2 D multiply-adds in
+    all against 3 K^2 D for ``S``, ``C Z`` and ``C^T Z``. When the tiles fit in
+    :data:`CACHE_ENTRIES` the forward keeps them and the backward does not recompute ``S``.
+    Double backward falls back to autograd through :func:`dense_rows`, as in
+    :class:`ContrastiveFunction`.
+
+    Taught in notebook 04.
+    """
+
+    @staticmethod
+    def forward(ctx, z, weights, tau, decoupled, block_size, scale):  # noqa: D102
+        k = z.shape[0]
+        n = k // 2
+        b = min(block_size, k)
+        starts = range(0, k, b)
+        zs = z * (1.0 / tau)  # (K, D) 1/tau folded into one factor of S = zs z^T
+        need_grad = ctx.needs_input_grad[0]
+        tile_entries = sum(min(b, k - r0) * (k - r0) for r0 in starts)
+        cache = [] if need_grad and tile_entries <= CACHE_ENTRIES else None
+        buf, scratch = z.new_empty(b * b), z.new_empty(b * b)  # (b*b,) reused tiles
+        lse = torch.full((k,), float("-inf"), dtype=z.dtype, device=z.device)  # (K,)
+        for r0 in starts:
+            r1 = min(r0 + b, k)
+            for c0 in range(r0, k, b):
+                c1 = min(c0 + b, k)
+                tile = None if cache is not None else _flat(buf, r1 - r0, c1 - c0)
+                s = torch.mm(zs[r0:r1], z[c0:c1].t(), out=tile)  # (bi, bj) S[I, J]
+                _exclude_(s, r0, c0, n, decoupled)
+                row = _tile_logsumexp(s, 1, _flat(scratch, r1 - r0, c1 - c0))  # (bi,)
+                torch.logaddexp(lse[r0:r1], row, out=lse[r0:r1])
+                if c0 != r0:  # the same tile, read by columns, serves the rows of J
+                    col = _tile_logsumexp(s, 0, _flat(scratch, r1 - r0, c1 - c0))  # (bj,)
+                    torch.logaddexp(lse[c0:c1], col, out=lse[c0:c1])
+                if cache is not None:
+                    cache.append(s)
+        s_pos = (zs * z.roll(n, dims=0)).sum(dim=1)  # (K,) s[a, p(a)], p(a) = (a + n) mod K
+        loss = (lse - weights * s_pos).sum() * scale
+        if need_grad:
+            ctx.save_for_backward(z, weights, lse)
+            ctx.cache = cache
+            ctx.hyper = (tau, decoupled, b, scale)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: D102
+        z, weights, lse = ctx.saved_tensors
+        tau, decoupled, b, scale = ctx.hyper
+        k = z.shape[0]
+        if torch.is_grad_enabled():  # create_graph=True: differentiable, by the dense form
+            rows = torch.arange(k, device=z.device)  # (K,)
+            grad_a, grad_c = dense_grads(z, z, rows, weights, grad_out, tau, decoupled, scale)
+            return grad_a + grad_c, None, None, None, None, None
+        zs = z * (1.0 / tau)  # (K, D)
+        buf, q1, q2 = z.new_empty(b * b), z.new_empty(b * b), z.new_empty(b * b)
+        grad = torch.zeros_like(z)  # (K, D) accumulates (P + P^T) Z
+        tiles = iter(ctx.cache) if ctx.cache is not None else None
+        for r0 in range(0, k, b):
+            r1 = min(r0 + b, k)
+            for c0 in range(r0, k, b):
+                c1 = min(c0 + b, k)
+                if tiles is not None:
+                    s = next(tiles)  # (bi, bj) kept by the forward pass, read only
+                else:
+                    s = torch.mm(zs[r0:r1], z[c0:c1].t(), out=_flat(buf, r1 - r0, c1 - c0))
+                    _exclude_(s, r0, c0, k // 2, decoupled)
+                # Q[I, J] = P[I, J] + P[J, I]^T = exp(s - lse_I) + exp(s - lse_J^T)
+                q = torch.sub(s, lse[r0:r1, None], out=_flat(q1, r1 - r0, c1 - c0))
+                p_t = torch.sub(s, lse[None, c0:c1], out=_flat(q2, r1 - r0, c1 - c0))
+                q = _exp_floored_(q).add_(_exp_floored_(p_t))  # (bi, bj)
+                grad[r0:r1].addmm_(q, z[c0:c1])  # (bi, D)
+                if c0 != r0:
+                    grad[c0:c1].addmm_(q.t(), z[r0:r1])  # (bj, D)
+        ctx.cache = None  # free the tiles; a second backward recomputes them
+        # the positive term: -(w_a + w_{p(a)}) z_{p(a)}, both anchors of the pair pulling;
+        # rolling by n puts row p(a) = (a + n) mod K at row a (positive_of with K = 2n)
+        w_pair = weights + weights.roll(k // 2)  # (K,)
+        grad -= w_pair[:, None] * z.roll(k // 2, dims=0)  # (K, D)
+        grad *= grad_out * (scale / tau)  # a 0-dim tensor: no host-device sync
+        return grad, None, None, None, None, None
+
+
+def fused_symmetric(
+    z: torch.Tensor,
+    weights: torch.Tensor,
+    *,
+    tau: float,
+    decoupled: bool,
+    block_size: int | None = None,
+    scale: float = 1.0,
+) -> torch.Tensor:
+    """Scalar ``scale * sum_a L_a`` when the anchors are the candidates (one process).
+
+    Args:
+        z: (K, D) the stacked views ``[z1; z2]``, already normalised; K even.
+        weights: (K,) weight ``w_a`` of each positive term.
+        tau: temperature.
+        decoupled: drop the positive from the denominator (DCL, DCLW).
+        block_size: side of the square tiles; default :data:`SYMMETRIC_TILE`.
+        scale: reduction factor, ``1 / K`` for the mean.
+
+    Returns:
+        0-dim tensor.
+
+    Example:
+        >>> import torch.nn.functional as F
+        >>> z = F.normalize(torch.randn(8, 4, dtype=torch.float64), dim=1)
+        >>> w = torch.ones(8, dtype=torch.float64)
+        >>> a = fused_symmetric(z, w, tau=0.5, decoupled=True, block_size=3)
+        >>> b = dense_rows(z, z, torch.arange(8), w, tau=0.5, decoupled=True).sum()
+        >>> bool(torch.isclose(a, b))
+        True
+
+    Taught in notebook 04.
+    """
+    block = SYMMETRIC_TILE if block_size is None else int(block_size)
+    return SymmetricContrastiveFunction.apply(
+        z, weights.to(z.dtype), tau, decoupled, block, float(scale)
+    )
+
+
 def fused_rows(
     za: torch.Tensor,
     zc: torch.Tensor,

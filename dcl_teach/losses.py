@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dcl_teach import distributed as dist_utils
-from dcl_teach.fused import dense_rows, fused_rows
+from dcl_teach.fused import dense_rows, fused_rows, fused_symmetric
 
 REDUCTIONS = ("mean", "sum", "none")
 IMPLEMENTATIONS = ("fused", "dense")
@@ -65,6 +65,7 @@ def check_embeddings(
     min_pairs: int,
     loss: str,
     nonzero_rows: bool = False,
+    check_values: bool = True,
 ) -> None:
     """Raise a clear ``TypeError``/``ValueError`` for views the losses cannot use.
 
@@ -121,9 +122,18 @@ def check_embeddings(
         raise ValueError(
             f"{loss} needs at least {min_pairs} {plural} (N >= {min_pairs}){why}, got N={n}"
         )
-    flags = [torch.isfinite(z1).all(), torch.isfinite(z2).all()]
+    if check_values:
+        _value_check(z1, z2, nonzero_rows=nonzero_rows)
+
+
+def _value_check(z1: torch.Tensor, z2: torch.Tensor, *, nonzero_rows: bool) -> torch.Tensor:
+    """Check values in one pass and one device-to-host transfer; return the (2N,) row peaks
+    ``max_j |z[a, j]|`` of ``cat([z1, z2])``, which :func:`normalize_rows` reuses."""
+    peaks = torch.cat([z1.detach(), z2.detach()]).abs().amax(dim=1)  # (2N,) NaN propagates
+    n = z1.shape[0]
+    flags = [torch.isfinite(peaks[:n]).all(), torch.isfinite(peaks[n:]).all()]
     if nonzero_rows:
-        flags += [(z1 != 0).any(dim=1).all(), (z2 != 0).any(dim=1).all()]
+        flags += [(peaks[:n] > 0).all(), (peaks[n:] > 0).all()]
     ok = torch.stack(flags).tolist()  # the one transfer
     for name, z, good in (("z1", z1, ok[0]), ("z2", z2, ok[1])):
         if not good:
@@ -135,6 +145,7 @@ def check_embeddings(
             raise ValueError(
                 f"{name} has all-zero rows {rows}: a zero embedding cannot be normalised"
             )
+    return peaks
 
 
 def _compute_dtype(z: torch.Tensor) -> torch.dtype:
@@ -143,7 +154,7 @@ def _compute_dtype(z: torch.Tensor) -> torch.dtype:
     return torch.float64 if z.dtype == torch.float64 else torch.float32
 
 
-def normalize_rows(z: torch.Tensor) -> torch.Tensor:
+def normalize_rows(z: torch.Tensor, peaks: torch.Tensor | None = None) -> torch.Tensor:
     """``z / ||z||`` row by row, for any row that is not all zero, whatever its scale.
 
     ``F.normalize`` divides by ``max(||z||, 1e-12)``, so rows shorter than 1e-12 come out
@@ -154,6 +165,7 @@ def normalize_rows(z: torch.Tensor) -> torch.Tensor:
 
     Args:
         z: (N, D) rows, none of them all zero.
+        peaks: (N,) ``z.abs().amax(dim=1)`` if already computed.
 
     Returns:
         (N, D) unit rows.
@@ -164,8 +176,9 @@ def normalize_rows(z: torch.Tensor) -> torch.Tensor:
 
     Taught in notebook 01.
     """
-    scale = z.detach().abs().amax(dim=1, keepdim=True)  # (N, 1) largest entry of each row
-    return F.normalize(z / scale, dim=1)  # (N, D)
+    if peaks is None:
+        peaks = z.detach().abs().amax(dim=1)  # (N,) largest entry of each row
+    return F.normalize(z / peaks.to(z.dtype)[:, None], dim=1)  # (N, D)
 
 
 def vmf_weights_from_cosines(c: torch.Tensor, *, sigma: float) -> torch.Tensor:
@@ -214,17 +227,18 @@ def _contrastive(
         isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1
     ):
         raise ValueError(f"block_size must be a positive int or None, got {block_size!r}")
-    check_embeddings(z1, z2, min_pairs=2 if decoupled else 1, loss=name, nonzero_rows=normalize)
+    check_embeddings(z1, z2, min_pairs=2 if decoupled else 1, loss=name, check_values=False)
+    peaks = _value_check(z1, z2, nonzero_rows=normalize)  # (2n,)
 
     with torch.autocast(device_type=z1.device.type, enabled=False):
         dtype = _compute_dtype(z1)
-        z1, z2 = z1.to(dtype), z2.to(dtype)
-        if normalize:
-            z1, z2 = normalize_rows(z1), normalize_rows(z2)
         n = z1.shape[0]
+        za = torch.cat([z1, z2]).to(dtype)  # (2n, D) this rank's anchors
+        if normalize:
+            za = normalize_rows(za, peaks)
+        z1, z2 = za[:n], za[n:]  # (n, D) each
         rank, world = dist_utils.world_info() if gather_distributed else (0, 1)
 
-        za = torch.cat([z1, z2])  # (2n, D) this rank's anchors
         if world == 1:
             zc = za  # (2N, D) the candidates are the anchors
             rows = torch.arange(2 * n, device=za.device)  # (2N,)
@@ -249,7 +263,12 @@ def _contrastive(
         # DDP averages gradients over ranks; scaling the local share so that this average is
         # the gradient of the global loss: 1/(2n) for the mean, W for the sum.
         scale = 1.0 / (2 * n) if reduction == "mean" else float(world)
-        if impl == "fused":
+        if impl == "fused" and world == 1:
+            # one process: the candidates are the anchors, S is symmetric, half of it suffices
+            loss = fused_symmetric(
+                za, weights, tau=tau, decoupled=decoupled, block_size=block_size, scale=scale
+            )
+        elif impl == "fused":
             loss = fused_rows(
                 za,
                 zc,
