@@ -31,8 +31,8 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 import dcl_teach
-from dcl_teach.augment import recipe_for, two_views
-from dcl_teach.data import load_dataset
+from dcl_teach.augment import Recipe, recipe_for, two_views
+from dcl_teach.data import ImageSet, load_dataset
 from dcl_teach.distributed import gather_no_grad
 from dcl_teach.evaluate import embed, knn_accuracy, memory_bank_indices
 from dcl_teach.grads import coupling
@@ -44,8 +44,8 @@ AMP_MODES = ("bf16", "fp16", "off")
 # Fields that do not change what a run computes: a checkpoint written with other values of
 # these may be resumed (e.g. a longer max_steps, progress bars on, another data folder).
 RESUME_FREE_FIELDS = (
-    "device", "compile", "eval_batch_size", "out_dir", "checkpoint_every", "data_root",
-    "download", "progress", "max_steps",
+    "device", "compile", "channels_last", "eval_batch_size", "out_dir", "checkpoint_every",
+    "data_root", "download", "progress", "max_steps",
 )  # fmt: skip
 TIMING_KEYS = ("images_per_s", "epoch_time_s", "wall_time_s")  # differ between identical runs
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -86,8 +86,10 @@ class TrainConfig:
     device: str = "auto"  # "auto" (CUDA if available, else CPU), "cpu", "cuda", "cuda:1", ...
     amp: str = "bf16"  # autocast dtype on CUDA: "bf16", "fp16" (with loss scaling) or "off"
     compile: bool = False  # torch.compile the model (CUDA, long runs; compilation takes minutes)
+    channels_last: bool = False  # NHWC model and inputs on CUDA (faster fp16 convs); CPU: ignored
     norm: str = "batch"  # "batch" or "none" (no BatchNorm: exact multi-process equivalence)
-    feature_dim: int | None = None  # encoder width F; None: 128 (digits), 512 (ResNet-18)
+    feature_dim: int | None = None  # encoder width F; None: 128 (digits), 8 x width (ResNet-18)
+    width: int | None = None  # ResNet-18 base channels (64 = standard); None: 64 or feature_dim/8
     proj_dim: int = 128  # projection head output D, as in SimCLR and DCL
     knn_k: int = 200  # neighbours of the weighted kNN monitor (clamped to the memory bank)
     knn_t: float = 0.1  # temperature of the kNN vote weights
@@ -136,10 +138,16 @@ def _validate(c: TrainConfig) -> None:
         value = getattr(c, name)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    for name in ("feature_dim", "num_labels_per_class", "max_steps"):
+    for name in ("feature_dim", "width", "num_labels_per_class", "max_steps"):
         value = getattr(c, name)
         if value is not None and (not isinstance(value, int) or value <= 0):
             raise ValueError(f"{name} must be None or a positive integer, got {value!r}")
+    if c.width is not None and ARCHITECTURES[c.dataset][0] != "resnet18":
+        raise ValueError(f"width is the ResNet-18's base width (cifar10), got width={c.width} "
+                         f"for {c.dataset!r}: set feature_dim instead")  # fmt: skip
+    if c.width is not None and c.feature_dim is not None and c.feature_dim != 8 * c.width:
+        raise ValueError(f"feature_dim is 8 x width for the ResNet-18: width {c.width} gives "
+                         f"{8 * c.width}, got feature_dim={c.feature_dim} (set only one)")  # fmt: skip
     if c.batch_size < 2:
         raise ValueError(
             f"batch_size must be at least 2 (a negative per anchor), got {c.batch_size}"
@@ -404,7 +412,54 @@ def train(
             dist.destroy_process_group()
 
 
-def _train(config, resume, callback, *, rank, world, local_rank) -> History:
+@dataclass
+class _Context:
+    """What stays fixed during one call of :func:`train`: the config, where it runs, the data."""
+
+    config: TrainConfig
+    device: torch.device
+    rank: int
+    world: int
+    train_set: ImageSet  # uint8 on the device
+    test_set: ImageSet
+    bank: torch.Tensor  # (M,) training images whose labels the kNN monitor may use
+    steps_per_epoch: int
+    recipe: Recipe  # the augmentations of the dataset
+    call_start: float  # time.perf_counter() when this call started
+
+    @property
+    def batch(self) -> int:
+        return self.config.batch_size
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.config.epochs
+
+    @property
+    def use_amp(self) -> bool:
+        return self.device.type == "cuda" and self.config.amp != "off"
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return Path(self.config.out_dir) / CHECKPOINT_NAME if self.config.out_dir else None
+
+    def autocast(self):
+        dtype = torch.float16 if self.config.amp == "fp16" else torch.bfloat16
+        return torch.autocast(self.device.type, dtype=dtype, enabled=self.use_amp)
+
+    def stop_at(self, global_step: int) -> bool:
+        """Whether ``max_steps`` is reached after ``global_step`` steps."""
+        return self.config.max_steps is not None and global_step >= self.config.max_steps
+
+    def loss_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"tau": self.config.tau, "gather_distributed": self.world > 1}
+        if self.config.loss == "dclw":
+            kwargs["sigma"] = self.config.sigma
+        return kwargs
+
+
+def _setup(config: TrainConfig, *, rank: int, world: int, local_rank: int) -> _Context:
+    """Check the batch, pick the device and load both splits onto it (rank 0 downloads first)."""
     call_start = time.perf_counter()
     device = resolve_device(config.device, local_rank=local_rank)
     batch = config.batch_size
@@ -421,186 +476,283 @@ def _train(config, resume, callback, *, rank, world, local_rank) -> History:
     steps_per_epoch = n // batch  # the last incomplete batch is dropped: q_B depends on B
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size {batch} exceeds the {n} training images of {config.dataset}")
-    total_steps = steps_per_epoch * config.epochs
-    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
     bank = memory_bank_indices(train_set.labels, config.num_labels_per_class, seed=config.seed)
-    recipe = recipe_for(config.dataset)
+    return _Context(config, device, rank, world, train_set, test_set, bank, steps_per_epoch,
+                    recipe_for(config.dataset), call_start)  # fmt: skip
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        model = build_model(
-            config.dataset, feature_dim=config.feature_dim, proj_dim=config.proj_dim,
-            norm=config.norm,
-        ).to(device)  # fmt: skip
-    if world > 1 and device.type == "cuda":
-        # One BatchNorm over the global batch, as a single GPU would compute it.
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=config.lr * batch / 256, momentum=config.momentum,
-        weight_decay=config.weight_decay,
-    )  # fmt: skip
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, warmup_steps=warmup_steps, total_steps=total_steps)
-    )
-    use_amp = device.type == "cuda" and config.amp != "off"
-    amp_dtype = torch.float16 if config.amp == "fp16" else torch.bfloat16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and config.amp == "fp16")
-    order_gen = torch.Generator().manual_seed(config.seed)  # data order (CPU)
-    # Augmentations draw on the CPU and move to the device: the same views on any device.
-    aug_gen = torch.Generator().manual_seed(config.seed + 1)
 
-    epoch, step_in_epoch, global_step, elapsed = 0, 0, 0, 0.0
-    records: list[dict[str, Any]] = []
-    perm = torch.empty(0, dtype=torch.int64)
-    acc = {"loss": torch.zeros(()), "q_b": torch.zeros(()), "seconds": 0.0}
-    ckpt = Path(config.out_dir) / CHECKPOINT_NAME if config.out_dir else None
-    resumed_from = None
-    if resume and ckpt is not None and ckpt.exists():
-        state = load_checkpoint(ckpt, config)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        scaler.load_state_dict(state["scaler"])
-        order_gen.set_state(state["order_generator"])
-        aug_gen.set_state(state["aug_generator"])
-        epoch, step_in_epoch = state["epoch"], state["step_in_epoch"]
-        global_step, elapsed, resumed_from = (
-            state["global_step"],
-            state["elapsed"],
-            state["global_step"],
+@dataclass
+class RunState:
+    """Everything a checkpoint holds: model, optimizer, schedule, scaler, generators, position.
+
+    ``model`` is the bare model (not wrapped by DDP or ``torch.compile``). The running sums
+    ``loss_sum`` and ``q_sum`` live on the device during an epoch. Times are split into what
+    earlier calls spent (``elapsed``, ``epoch_seconds``, saved) and this call's start marks
+    (``call_start``, ``epoch_start``, not saved), so a resumed run reports its whole wall time.
+    """
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    order_gen: torch.Generator  # data order (CPU)
+    aug_gen: torch.Generator  # augmentations (CPU draws, moved to the device: any device alike)
+    call_start: float
+    epoch: int = 0  # epochs completed
+    step_in_epoch: int = 0  # steps taken in the current epoch
+    global_step: int = 0
+    elapsed: float = 0.0  # seconds spent by earlier calls (resumed runs)
+    perm: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
+    loss_sum: torch.Tensor = field(default_factory=lambda: torch.zeros(()))  # () this epoch
+    q_sum: torch.Tensor = field(default_factory=lambda: torch.zeros(()))  # ()
+    epoch_seconds: float = 0.0  # seconds of the current epoch spent by earlier calls
+    epoch_start: float = 0.0
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def new(cls, ctx: _Context) -> RunState:
+        """A fresh run: seeded weights, SGD with the warm-up + cosine schedule, seeded generators."""
+        config, device = ctx.config, ctx.device
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            model = build_model(
+                config.dataset, feature_dim=config.feature_dim, proj_dim=config.proj_dim,
+                norm=config.norm, width=config.width,
+            ).to(device)  # fmt: skip
+        if config.channels_last and device.type == "cuda":  # NHWC: faster tensor-core convs
+            model = model.to(memory_format=torch.channels_last)
+        if ctx.world > 1 and device.type == "cuda":
+            # One BatchNorm over the global batch, as a single GPU would compute it.
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=config.lr * ctx.batch / 256, momentum=config.momentum,
+            weight_decay=config.weight_decay,
+        )  # fmt: skip
+        warmup_steps = round(config.warmup_epochs * ctx.steps_per_epoch)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda s: lr_factor(s, warmup_steps=warmup_steps, total_steps=ctx.total_steps),
         )
-        perm, acc, records = state["perm"], state["acc"], state["records"]
+        scaler = torch.amp.GradScaler("cuda", enabled=ctx.use_amp and config.amp == "fp16")
+        order_gen = torch.Generator().manual_seed(config.seed)
+        aug_gen = torch.Generator().manual_seed(config.seed + 1)
+        return cls(model, optimizer, schedule, scaler, order_gen, aug_gen, ctx.call_start)
 
-    raw_model = model
-    if world > 1:
-        ids = [device.index] if device.type == "cuda" else None
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    step_model = torch.compile(model) if config.compile else model
-    loss_fn = LOSSES[config.loss]
-    loss_kwargs: dict[str, Any] = {"tau": config.tau, "gather_distributed": world > 1}
-    if config.loss == "dclw":
-        loss_kwargs["sigma"] = config.sigma
-    shard = slice(rank * batch // world, (rank + 1) * batch // world)
+    @classmethod
+    def from_checkpoint(cls, ctx: _Context, state: dict[str, Any]) -> RunState:
+        """The run a checkpoint written by :meth:`to_checkpoint` describes."""
+        run = cls.new(ctx)
+        run.model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.schedule.load_state_dict(state["schedule"])
+        run.scaler.load_state_dict(state["scaler"])
+        run.order_gen.set_state(state["order_generator"])
+        run.aug_gen.set_state(state["aug_generator"])
+        run.epoch, run.step_in_epoch = state["epoch"], state["step_in_epoch"]
+        run.global_step, run.elapsed = state["global_step"], state["elapsed"]
+        run.perm, run.records = state["perm"], state["records"]
+        acc = state["acc"]
+        run.loss_sum, run.q_sum, run.epoch_seconds = acc["loss"], acc["q_b"], acc["seconds"]
+        return run
 
-    def autocast():
-        return torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp)
-
-    def evaluate() -> float:
-        acc_ = [None]
-        if rank == 0:
-            with autocast():
-                h_bank = embed(raw_model, train_set.images[bank], name=config.dataset,
-                               batch_size=config.eval_batch_size, device=device)  # fmt: skip
-                h_test = embed(raw_model, test_set.images, name=config.dataset,
-                               batch_size=config.eval_batch_size, device=device)  # fmt: skip
-            acc_[0] = knn_accuracy(
-                h_bank, train_set.labels[bank], h_test, test_set.labels,
-                num_classes=len(train_set.classes), k=config.knn_k, t=config.knn_t,
-            )  # fmt: skip
-        if world > 1:  # BatchNorm buffers differ across ranks: rank 0's number is the number
-            dist.broadcast_object_list(acc_, src=0)
-        return acc_[0]
-
-    def state_dict() -> dict[str, Any]:
+    def to_checkpoint(self, config: TrainConfig) -> dict[str, Any]:
+        """The state dict :func:`save_checkpoint` writes (tensors moved to the CPU)."""
         return {
             "config": dataclasses.asdict(config), "version": dcl_teach.__version__,
-            "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(), "scaler": scaler.state_dict(),
-            "order_generator": order_gen.get_state(), "aug_generator": aug_gen.get_state(),
-            "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
-            "elapsed": elapsed + time.perf_counter() - call_start, "perm": perm,
-            "acc": {"loss": loss_sum.cpu(), "q_b": q_sum.cpu(),
-                    "seconds": acc["seconds"] + time.perf_counter() - epoch_start},
-            "records": list(records),
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict(),
+            "order_generator": self.order_gen.get_state(),
+            "aug_generator": self.aug_gen.get_state(),
+            "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step, "elapsed": self.wall_time(), "perm": self.perm,
+            "acc": {"loss": self.loss_sum.cpu(), "q_b": self.q_sum.cpu(),
+                    "seconds": self.epoch_time()},
+            "records": list(self.records),
         }  # fmt: skip
 
-    def checkpoint() -> None:
-        if ckpt is not None and rank == 0:
-            ckpt.parent.mkdir(parents=True, exist_ok=True)
-            save_checkpoint(ckpt, state_dict())
-        if world > 1:
-            dist.barrier()
+    def wall_time(self) -> float:
+        """Seconds of the whole run so far, earlier calls included."""
+        return self.elapsed + time.perf_counter() - self.call_start
 
-    def record(steps: int, complete: bool, epoch_time: float, do_eval: bool) -> dict[str, Any]:
-        return {
-            "epoch": epoch + 1, "step": global_step, "complete": complete,
-            "loss": (loss_sum / steps).item(), "q_b": (q_sum / steps).item(),
-            "knn_acc": evaluate() if do_eval else None,
-            "lr": optimizer.param_groups[0]["lr"], "images_per_s": steps * batch / epoch_time,
-            "epoch_time_s": epoch_time,
-            "wall_time_s": elapsed + time.perf_counter() - call_start,
-        }  # fmt: skip
+    def epoch_time(self) -> float:
+        """Seconds of the current epoch so far, earlier calls included."""
+        return self.epoch_seconds + time.perf_counter() - self.epoch_start
 
-    bar = tqdm(
-        total=min(total_steps, config.max_steps or total_steps), initial=global_step,
-        disable=not (config.progress and rank == 0), desc=f"{config.loss} B={batch}",
-        unit="step", dynamic_ncols=True,
-    )  # fmt: skip
-    stop = config.max_steps is not None and global_step >= config.max_steps
-    raw_model.train()
-    while epoch < config.epochs and not stop:
-        if step_in_epoch == 0:
-            perm = torch.randperm(n, generator=order_gen)  # (n,) this epoch's data order
-            acc = {"loss": torch.zeros(()), "q_b": torch.zeros(()), "seconds": 0.0}
-        epoch_start = time.perf_counter()
-        loss_sum, q_sum = acc["loss"].to(device), acc["q_b"].to(device)  # () running sums
-        order = perm.to(device)
-        for s in range(step_in_epoch, steps_per_epoch):
-            images = train_set.images[order[s * batch : (s + 1) * batch]]  # (B, C, H, W) uint8
-            v1, v2 = two_views(images, recipe, generator=aug_gen)  # (B, C, H, W) each
-            x = torch.cat([v1[shard], v2[shard]])  # (2B/W, C, H, W) this rank's share
-            with autocast():
-                z = step_model(x)  # (2B/W, D)
-            z1, z2 = z.float().chunk(2)  # (B/W, D) each
-            loss = loss_fn(z1, z2, **loss_kwargs)  # mean over the global batch's 2B anchors
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            schedule.step()
-            with torch.no_grad():
-                q = coupling(gather_no_grad(z1), gather_no_grad(z2), tau=config.tau)  # (2B,)
-            loss_sum += loss.detach()
-            q_sum += q.mean()
-            global_step, step_in_epoch = global_step + 1, s + 1
-            stop = config.max_steps is not None and global_step >= config.max_steps
-            bar.update(1)
-            if config.progress and rank == 0 and global_step % 10 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch + 1)
-            info = {"epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step}
-            if step_in_epoch < steps_per_epoch:  # the epoch's last step is handled below
-                every = config.checkpoint_every
-                if stop or (every and global_step % every == 0):
-                    checkpoint()
-                if callback is not None:
-                    callback({**info, "loss": loss.item()})
-            if stop:
-                break
-        epoch_time = acc["seconds"] + time.perf_counter() - epoch_start
-        if step_in_epoch < steps_per_epoch:  # cut short by max_steps: report, do not keep
-            records_out = [*records, record(step_in_epoch, False, epoch_time, True)]
-            break
-        last = epoch + 1 == config.epochs
-        do_eval = last or (epoch + 1) % config.eval_every == 0
-        records.append(record(steps_per_epoch, True, epoch_time, do_eval))
-        epoch, step_in_epoch = epoch + 1, 0
-        loss_sum, q_sum = torch.zeros((), device=device), torch.zeros((), device=device)
-        epoch_start, acc["seconds"] = time.perf_counter(), 0.0
-        checkpoint()
-        if config.out_dir and rank == 0:
-            _history(config, records, device, world, call_start, elapsed).save(config.out_dir)
-        if callback is not None:
-            callback({**info, "loss": loss.item()})
+    def begin_epoch(self, n: int, device: torch.device) -> None:
+        """Draw the epoch's data order (unless resuming mid-epoch) and start its clock."""
+        if self.step_in_epoch == 0:
+            self.perm = torch.randperm(n, generator=self.order_gen)  # (n,) this epoch's order
+            self.loss_sum, self.q_sum, self.epoch_seconds = torch.zeros(()), torch.zeros(()), 0.0
+        self.epoch_start = time.perf_counter()
+        self.loss_sum, self.q_sum = self.loss_sum.to(device), self.q_sum.to(device)
+
+    def end_epoch(self, device: torch.device) -> None:
+        """Move on to the next epoch: zero the running sums and the epoch clock."""
+        self.epoch, self.step_in_epoch = self.epoch + 1, 0
+        self.loss_sum = torch.zeros((), device=device)
+        self.q_sum = torch.zeros((), device=device)
+        self.epoch_start, self.epoch_seconds = time.perf_counter(), 0.0
+
+
+def _train(config, resume, callback, *, rank, world, local_rank) -> History:
+    ctx = _setup(config, rank=rank, world=world, local_rank=local_rank)
+    ckpt = ctx.checkpoint_path
+    resumed_from = None
+    if resume and ckpt is not None and ckpt.exists():
+        run = RunState.from_checkpoint(ctx, load_checkpoint(ckpt, config))
+        resumed_from = run.global_step
     else:
-        records_out = records
+        run = RunState.new(ctx)
+    step_model = _step_model(ctx, run.model)
+    bar = tqdm(
+        total=min(ctx.total_steps, config.max_steps or ctx.total_steps),
+        initial=run.global_step, disable=not (config.progress and rank == 0),
+        desc=f"{config.loss} B={ctx.batch}", unit="step", dynamic_ncols=True,
+    )  # fmt: skip
+    records = _train_epochs(ctx, run, step_model, bar, callback)
     bar.close()
-    history = _history(config, records_out, device, world, call_start, elapsed)
-    history.meta.update(steps_per_epoch=steps_per_epoch, global_step=global_step,
+    history = _history(config, records, ctx.device, world, run.call_start, run.elapsed)
+    history.meta.update(steps_per_epoch=ctx.steps_per_epoch, global_step=run.global_step,
                         resumed_from_step=resumed_from)  # fmt: skip
-    history.model = raw_model.eval()
+    history.model = run.model.eval()
     if config.out_dir and rank == 0:
         history.save(config.out_dir)
     return history
+
+
+def _step_model(ctx: _Context, model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The model the training steps call: wrapped by DDP over ranks, compiled if asked."""
+    if ctx.world > 1:
+        ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return torch.compile(model) if ctx.config.compile else model
+
+
+def _train_epochs(ctx: _Context, run: RunState, step_model, bar, callback) -> list[dict]:
+    """Train until the last epoch or ``max_steps``; return the records to report.
+
+    A run stopped by ``max_steps`` in the middle of an epoch reports that epoch as a record
+    with ``complete=False`` (evaluated), which is not kept in the checkpoint.
+    """
+    config = ctx.config
+    stop = ctx.stop_at(run.global_step)
+    run.model.train()
+    while run.epoch < config.epochs and not stop:
+        info, loss, stop = _run_epoch(ctx, run, step_model, bar, callback)
+        if run.step_in_epoch < ctx.steps_per_epoch:  # cut short by max_steps: report, not keep
+            epoch_time = run.epoch_time()
+            return [*run.records, _record(ctx, run, run.step_in_epoch, False, epoch_time, True)]
+        last = run.epoch + 1 == config.epochs
+        do_eval = last or (run.epoch + 1) % config.eval_every == 0
+        run.records.append(_record(ctx, run, ctx.steps_per_epoch, True, run.epoch_time(), do_eval))
+        run.end_epoch(ctx.device)
+        _checkpoint(ctx, run)
+        if config.out_dir and ctx.rank == 0:
+            _history(config, run.records, ctx.device, ctx.world, run.call_start,
+                     run.elapsed).save(config.out_dir)  # fmt: skip
+        if callback is not None:
+            callback({**info, "loss": loss.item()})
+    return run.records
+
+
+def _run_epoch(ctx: _Context, run: RunState, step_model, bar, callback):
+    """Take the steps left in the current epoch (fewer if ``max_steps`` is reached).
+
+    Checkpoints every ``checkpoint_every`` steps and when ``max_steps`` stops the run, then
+    calls ``callback``; the epoch's last step leaves both to :func:`_train_epochs`.
+
+    Returns:
+        ``(info, loss, stop)``: the last step's position, its loss tensor, whether to stop.
+    """
+    config, batch = ctx.config, ctx.batch
+    run.begin_epoch(len(ctx.train_set), ctx.device)
+    order = run.perm.to(ctx.device)
+    info, loss, stop = {}, None, False
+    for s in range(run.step_in_epoch, ctx.steps_per_epoch):
+        images = ctx.train_set.images[order[s * batch : (s + 1) * batch]]  # (B, C, H, W) uint8
+        loss = _train_step(ctx, run, step_model, images)
+        run.global_step, run.step_in_epoch = run.global_step + 1, s + 1
+        stop = ctx.stop_at(run.global_step)
+        bar.update(1)
+        if config.progress and ctx.rank == 0 and run.global_step % 10 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}", epoch=run.epoch + 1)
+        info = {"epoch": run.epoch, "step_in_epoch": run.step_in_epoch,
+                "global_step": run.global_step}  # fmt: skip
+        if run.step_in_epoch < ctx.steps_per_epoch:  # the epoch's last step is handled later
+            every = config.checkpoint_every
+            if stop or (every and run.global_step % every == 0):
+                _checkpoint(ctx, run)
+            if callback is not None:
+                callback({**info, "loss": loss.item()})
+        if stop:
+            break
+    return info, loss, stop
+
+
+def _train_step(ctx: _Context, run: RunState, step_model, images: torch.Tensor) -> torch.Tensor:
+    """One SGD step on two views of ``images``; adds the loss and mean q_B to the epoch sums."""
+    config = ctx.config
+    shard = slice(ctx.rank * ctx.batch // ctx.world, (ctx.rank + 1) * ctx.batch // ctx.world)
+    v1, v2 = two_views(images, ctx.recipe, generator=run.aug_gen)  # (B, C, H, W)
+    x = torch.cat([v1[shard], v2[shard]])  # (2B/W, C, H, W) this rank's share
+    if config.channels_last and ctx.device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)  # same values, NHWC strides
+    with ctx.autocast():
+        z = step_model(x)  # (2B/W, D)
+    z1, z2 = z.float().chunk(2)  # (B/W, D) each
+    loss = LOSSES[config.loss](z1, z2, **ctx.loss_kwargs())  # mean over the global 2B anchors
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.schedule.step()
+    with torch.no_grad():
+        q = coupling(gather_no_grad(z1), gather_no_grad(z2), tau=config.tau)  # (2B,)
+    run.loss_sum += loss.detach()
+    run.q_sum += q.mean()
+    return loss
+
+
+def _checkpoint(ctx: _Context, run: RunState) -> None:
+    """Save the run on rank 0 (if there is an ``out_dir``); all ranks wait for it."""
+    ckpt = ctx.checkpoint_path
+    if ckpt is not None and ctx.rank == 0:
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(ckpt, run.to_checkpoint(ctx.config))
+    if ctx.world > 1:
+        dist.barrier()
+
+
+def _record(ctx: _Context, run: RunState, steps: int, complete: bool, epoch_time: float,
+            do_eval: bool) -> dict[str, Any]:  # fmt: skip
+    """The history record of the current epoch after ``steps`` of its steps."""
+    return {
+        "epoch": run.epoch + 1, "step": run.global_step, "complete": complete,
+        "loss": (run.loss_sum / steps).item(), "q_b": (run.q_sum / steps).item(),
+        "knn_acc": _evaluate(ctx, run.model) if do_eval else None,
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "images_per_s": steps * ctx.batch / epoch_time, "epoch_time_s": epoch_time,
+        "wall_time_s": run.wall_time(),
+    }  # fmt: skip
+
+
+def _evaluate(ctx: _Context, model: torch.nn.Module) -> float:
+    """Weighted-kNN accuracy of the frozen features on the test split (computed on rank 0)."""
+    config, train_set, test_set = ctx.config, ctx.train_set, ctx.test_set
+    acc = [None]
+    if ctx.rank == 0:
+        with ctx.autocast():
+            h_bank = embed(model, train_set.images[ctx.bank], name=config.dataset,
+                           batch_size=config.eval_batch_size, device=ctx.device)  # fmt: skip
+            h_test = embed(model, test_set.images, name=config.dataset,
+                           batch_size=config.eval_batch_size, device=ctx.device)  # fmt: skip
+        acc[0] = knn_accuracy(
+            h_bank, train_set.labels[ctx.bank], h_test, test_set.labels,
+            num_classes=len(train_set.classes), k=config.knn_k, t=config.knn_t,
+        )  # fmt: skip
+    if ctx.world > 1:  # BatchNorm buffers differ across ranks: rank 0's number is the number
+        dist.broadcast_object_list(acc, src=0)
+    return acc[0]
 
 
 def _history(config, records, device, world, call_start, elapsed) -> History:
