@@ -27,6 +27,8 @@ as the "naive" baseline of the benchmark.
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from dcl_teach.masks import positive_of
@@ -204,8 +206,49 @@ def _tile_logsumexp(s: torch.Tensor, dim: int, scratch: torch.Tensor) -> torch.T
     return e.sum(dim=dim).log_().add_(m.squeeze(dim))  # (b,) or (c,)
 
 
-def _flat(buf: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    return buf[: rows * cols].view(rows, cols)  # contiguous, for out= arguments
+def _flat(buf: torch.Tensor, rows: int, cols: int, offset: int = 0) -> torch.Tensor:
+    return buf[offset : offset + rows * cols].view(rows, cols)  # contiguous, for out= arguments
+
+
+#: Scratch memory kept per thread between calls of the symmetric kernel on the CPU, at most.
+#: Freshly allocated megabytes cost a page fault per 4 KiB on first touch (several
+#: microseconds each in a virtual machine: more than the arithmetic at N = 256); CUDA has
+#: PyTorch's caching allocator for this. :func:`release_workspace` frees it.
+WORKSPACE_BYTES = 48 << 20
+
+_workspace = threading.local()
+
+
+def _take(numel: int, like: torch.Tensor) -> torch.Tensor:
+    """A 1-D buffer of at least ``numel`` entries of ``like``'s dtype, from this thread's pool."""
+    free = getattr(_workspace, "free", None)
+    if like.device.type != "cpu" or not free:
+        return like.new_empty(numel)
+    fits = [i for i, t in enumerate(free) if t.dtype == like.dtype and t.numel() >= numel]
+    if not fits:
+        return like.new_empty(numel)
+    return free.pop(min(fits, key=lambda i: free[i].numel()))  # the smallest that fits
+
+
+def _give(*bufs: torch.Tensor) -> None:
+    """Return buffers from :func:`_take` to this thread's pool (what does not fit is freed)."""
+    free = getattr(_workspace, "free", None)
+    if free is None:
+        free = _workspace.free = []
+    for buf in bufs:
+        held = sum(t.numel() * t.element_size() for t in free)
+        if buf.device.type == "cpu" and held + buf.numel() * buf.element_size() <= WORKSPACE_BYTES:
+            free.append(buf)
+
+
+def release_workspace() -> None:
+    """Free the scratch memory this thread keeps for the symmetric kernel (see
+    :data:`WORKSPACE_BYTES`).
+
+    Example:
+        >>> release_workspace()
+    """
+    _workspace.free = []
 
 
 class SymmetricContrastiveFunction(torch.autograd.Function):
@@ -243,14 +286,18 @@ class SymmetricContrastiveFunction(torch.autograd.Function):
         zs = z * (1.0 / tau)  # (K, D) 1/tau folded into one factor of S = zs z^T
         need_grad = ctx.needs_input_grad[0]
         tile_entries = sum(min(b, k - r0) * (k - r0) for r0 in starts)
-        cache = [] if need_grad and tile_entries <= CACHE_ENTRIES else None
-        buf, scratch = z.new_empty(b * b), z.new_empty(b * b)  # (b*b,) reused tiles
+        cached = need_grad and tile_entries <= CACHE_ENTRIES
+        # the forward's tiles, kept for the backward, or one tile reused
+        arena = _take(tile_entries if cached else b * b, z)  # (entries,)
+        scratch = _take(b * b, z)  # (b*b,)
         lse = torch.full((k,), float("-inf"), dtype=z.dtype, device=z.device)  # (K,)
+        offset = 0
         for r0 in starts:
             r1 = min(r0 + b, k)
             for c0 in range(r0, k, b):
                 c1 = min(c0 + b, k)
-                tile = None if cache is not None else _flat(buf, r1 - r0, c1 - c0)
+                tile = _flat(arena, r1 - r0, c1 - c0, offset)
+                offset += tile.numel() if cached else 0
                 s = torch.mm(zs[r0:r1], z[c0:c1].t(), out=tile)  # (bi, bj) S[I, J]
                 _exclude_(s, r0, c0, n, decoupled)
                 row = _tile_logsumexp(s, 1, _flat(scratch, r1 - r0, c1 - c0))  # (bi,)
@@ -258,13 +305,14 @@ class SymmetricContrastiveFunction(torch.autograd.Function):
                 if c0 != r0:  # the same tile, read by columns, serves the rows of J
                     col = _tile_logsumexp(s, 0, _flat(scratch, r1 - r0, c1 - c0))  # (bj,)
                     torch.logaddexp(lse[c0:c1], col, out=lse[c0:c1])
-                if cache is not None:
-                    cache.append(s)
+        _give(scratch)
+        if not cached:
+            _give(arena)
         s_pos = (zs * z.roll(n, dims=0)).sum(dim=1)  # (K,) s[a, p(a)], p(a) = (a + n) mod K
         loss = (lse - weights * s_pos).sum() * scale
         if need_grad:
             ctx.save_for_backward(z, weights, lse)
-            ctx.cache = cache
+            ctx.arena = arena if cached else None
             ctx.hyper = (tau, decoupled, b, scale)
         return loss
 
@@ -278,15 +326,18 @@ class SymmetricContrastiveFunction(torch.autograd.Function):
             grad_a, grad_c = dense_grads(z, z, rows, weights, grad_out, tau, decoupled, scale)
             return grad_a + grad_c, None, None, None, None, None
         zs = z * (1.0 / tau)  # (K, D)
-        buf, q1, q2 = z.new_empty(b * b), z.new_empty(b * b), z.new_empty(b * b)
+        arena, ctx.arena = ctx.arena, None  # a second backward recomputes the tiles
+        buf = _take(b * b, z) if arena is None else None  # (b*b,)
+        q1, q2 = _take(b * b, z), _take(b * b, z)  # (b*b,) each
         grad = torch.zeros_like(z)  # (K, D) accumulates (P + P^T) Z
-        tiles = iter(ctx.cache) if ctx.cache is not None else None
+        offset = 0
         for r0 in range(0, k, b):
             r1 = min(r0 + b, k)
             for c0 in range(r0, k, b):
                 c1 = min(c0 + b, k)
-                if tiles is not None:
-                    s = next(tiles)  # (bi, bj) kept by the forward pass, read only
+                if arena is not None:  # kept by the forward pass, read only
+                    s = _flat(arena, r1 - r0, c1 - c0, offset)  # (bi, bj)
+                    offset += s.numel()
                 else:
                     s = torch.mm(zs[r0:r1], z[c0:c1].t(), out=_flat(buf, r1 - r0, c1 - c0))
                     _exclude_(s, r0, c0, k // 2, decoupled)
@@ -297,7 +348,7 @@ class SymmetricContrastiveFunction(torch.autograd.Function):
                 grad[r0:r1].addmm_(q, z[c0:c1])  # (bi, D)
                 if c0 != r0:
                     grad[c0:c1].addmm_(q.t(), z[r0:r1])  # (bj, D)
-        ctx.cache = None  # free the tiles; a second backward recomputes them
+        _give(q1, q2, arena if arena is not None else buf)
         # the positive term: -(w_a + w_{p(a)}) z_{p(a)}, both anchors of the pair pulling;
         # rolling by n puts row p(a) = (a + n) mod K at row a (positive_of with K = 2n)
         w_pair = weights + weights.roll(k // 2)  # (K,)
