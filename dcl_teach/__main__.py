@@ -10,6 +10,10 @@ comments as help, so the two cannot drift apart::
     python -m dcl_teach train --out runs/dcl --resume     # continue a killed run
     torchrun --nproc-per-node 4 -m dcl_teach train --dataset cifar10 --out runs/ddp
     python -m dcl_teach compare --losses infonce dcl dclw --batch-sizes 32 256 --out runs/grid
+    python -m dcl_teach compare --preset colab --losses infonce dcl --batch-sizes 128 256 512
+
+``--preset NAME`` starts from :meth:`TrainConfig.preset` (``digits``, ``cifar10``, ``colab``);
+the other flags apply on top of it.
 
 Taught in notebook 06.
 """
@@ -36,6 +40,7 @@ from dcl_teach.models import ARCHITECTURES, NORMS
 from dcl_teach.train import (
     AMP_MODES,
     CHECKPOINT_NAME,
+    PRESETS,
     CheckpointError,
     History,
     TrainConfig,
@@ -114,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         usage="python -m dcl_teach [train] [-h] [--resume | --fresh] [--FIELD VALUE ...]",
         description="Train one encoder; with no flags: DCL on the bundled digits, on the CPU.",
     )  # fmt: skip
+    _add_preset_flag(tr)
     add_config_flags(tr)
     _add_run_flags(tr)
     tr.add_argument(
@@ -134,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="batch sizes to compare (default: 32 256)")  # fmt: skip
     cmp.add_argument("--out", "--out-dir", dest="out_dir", default="runs/compare",
                      help="output folder (default: runs/compare)")  # fmt: skip
+    _add_preset_flag(cmp)
     add_config_flags(cmp, exclude=("loss", "batch_size", "out_dir"))
     _add_run_flags(cmp)
     _add_sweep_parser(sub)
@@ -180,6 +187,16 @@ def _add_sweep_parser(sub) -> None:
     sw.set_defaults(epochs=d.base.epochs)
 
 
+def _add_preset_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--preset", choices=tuple(PRESETS), default=None,
+        help="start from a named TrainConfig.preset, then apply the other flags: digits (the "
+        "defaults), cifar10 (a lightly-style ResNet-18 setting, 200 epochs), colab (a width-32 "
+        "ResNet-18 on CIFAR-10 for a Colab T4 GPU, fp16, about 5 min a run; docs/gpu.md). "
+        "Without it, --dataset cifar10 takes the cifar10 preset",
+    )  # fmt: skip
+
+
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=int, default=None, metavar="N",
@@ -193,7 +210,10 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The TrainConfig a parsed command line asks for (dataset presets, then the flags).
+    """The TrainConfig a parsed command line asks for: the preset first, then the flags.
+
+    The preset is ``args.preset`` when the namespace has one (None or absent: the preset of
+    ``--dataset``, digits by default).
 
     Raises:
         ValueError: a value TrainConfig rejects (the message names the field).
@@ -203,10 +223,16 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         >>> c = config_from_args(args)
         >>> c.dataset, c.epochs, c.batch_size
         ('cifar10', 5, 256)
+        >>> c = config_from_args(build_parser().parse_args(["train", "--preset", "colab"]))
+        >>> c.width, c.epochs, c.amp
+        (32, 10, 'fp16')
     """
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     overrides = {k: v for k, v in vars(args).items() if k in names}
-    return TrainConfig.for_dataset(overrides.pop("dataset", "digits"), **overrides)
+    preset = getattr(args, "preset", None)
+    if preset is None:
+        return TrainConfig.for_dataset(overrides.pop("dataset", "digits"), **overrides)
+    return TrainConfig.preset(preset, **overrides)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -279,12 +305,14 @@ def _train(config: TrainConfig, args: argparse.Namespace, sub) -> int:
 
         device = resolve_device(config.device)
         load = {"root": config.data_root, "device": device, "download": config.download}
+        # The untrained encoder has the trained one's widths: width w is feature_dim 8 w.
+        dim = config.feature_dim if config.width is None else 8 * config.width
         base = baselines(
             load_dataset(config.dataset, split="train", **load),
             load_dataset(config.dataset, split="test", **load),
             k=config.knn_k, t=config.knn_t, seed=config.seed,
             num_labels_per_class=config.num_labels_per_class,
-            feature_dim=config.feature_dim, norm=config.norm, device=device,
+            feature_dim=dim, norm=config.norm, device=device,
         )  # fmt: skip
         print(f"  untrained encoder  {100 * base['random_encoder']:5.1f} %")
         print(f"  raw pixels         {100 * base['raw_pixels']:5.1f} %")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import dataclasses
 import json
@@ -54,6 +55,41 @@ def test_cifar10_flag_takes_the_cifar10_preset_under_the_flags():
     assert c.epochs == 200
 
 
+def test_preset_flag_comes_first_then_the_flags():
+    assert parse("--preset", "colab") == TrainConfig.preset("colab")
+    c = parse("--preset", "colab", "--batch-size", "128", "--epochs", "3", "--no-channels-last")
+    assert c == TrainConfig.preset("colab", batch_size=128, epochs=3, channels_last=False)
+    assert (c.width, c.amp, c.device) == (32, "fp16", "cuda")  # the preset under the flags
+    assert parse("--preset", "cifar10") == parse("--dataset", "cifar10")
+    assert parse("--preset", "digits") == TrainConfig()
+    assert parse("--width", "16", "--dataset", "cifar10").width == 16
+
+
+def test_compare_takes_a_preset_and_the_grid_replaces_loss_and_batch():
+    args = build_parser().parse_args(
+        ["compare", "--preset", "colab", "--losses", "infonce", "dcl", "--batch-sizes", "128",
+         "256", "512"]
+    )  # fmt: skip
+    assert config_from_args(args) == TrainConfig.preset("colab", out_dir="runs/compare")
+    assert (args.losses, args.batch_sizes) == (["infonce", "dcl"], [128, 256, 512])
+
+
+def test_config_from_args_reads_a_preset_from_any_namespace():
+    # The sweep sub-command calls config_from_args too, with or without a preset attribute.
+    assert config_from_args(argparse.Namespace(epochs=3)) == TrainConfig(epochs=3)
+    assert config_from_args(argparse.Namespace(preset=None, dataset="cifar10")) == (
+        TrainConfig.preset("cifar10")
+    )
+    ns = argparse.Namespace(preset="colab", epochs=4, progress=False)
+    assert config_from_args(ns) == TrainConfig.preset("colab", epochs=4, progress=False)
+
+
+def test_presets_are_listed_in_the_help():
+    text = build_parser()._subparsers._group_actions[0].choices["compare"].format_help()
+    assert "--preset {digits,cifar10,colab}" in text
+    assert "a lightly-style ResNet-18 setting" in " ".join(text.split())
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -65,6 +101,9 @@ def test_cifar10_flag_takes_the_cifar10_preset_under_the_flags():
         (["--wat"], "unrecognized arguments: --wat"),
         (["compare", "--losses"], "expected at least one argument"),
         (["--threads", "0"], "--threads must be a positive integer, got 0"),
+        (["--preset", "imagenet"], "invalid choice: 'imagenet'"),
+        (["--preset", "colab", "--dataset", "digits"], "width is the ResNet-18's base width"),
+        (["--preset", "colab", "--feature-dim", "512"], "width 32 gives 256"),
     ],
 )
 def test_bad_flags_and_values_exit_2_with_a_clear_message(argv, message, capsys):

@@ -75,11 +75,24 @@ def assert_same_model(a: torch.nn.Module, b: torch.nn.Module) -> None:
         ("num_labels_per_class", -1, "num_labels_per_class"),
         ("checkpoint_every", -1, "checkpoint_every"),
         ("device", "tpu:x", "device must be"),
+        ("width", 0, "width must be None or a positive integer"),
+        ("width", 32, "width is the ResNet-18's base width"),  # digits has no ResNet
     ],
 )
 def test_config_rejects_bad_values(field, value, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**{field: value})
+
+
+def test_width_and_feature_dim_must_agree():
+    assert TrainConfig(dataset="cifar10", width=32, feature_dim=256).width == 32
+    with pytest.raises(ValueError, match="width 32 gives 256, got feature_dim=512"):
+        TrainConfig(dataset="cifar10", width=32, feature_dim=512)
+
+
+def test_for_dataset_rejects_unknown_datasets():
+    with pytest.raises(ValueError, match="dataset must be one of .*, got 'mnist'"):
+        TrainConfig.for_dataset("mnist")
 
 
 def test_config_is_frozen_and_replaceable():
@@ -102,6 +115,35 @@ def test_cifar10_preset():
         200,
     )
     assert TrainConfig.for_dataset("digits") == TrainConfig()
+
+
+def test_presets_digits_cifar10_colab():
+    assert TrainConfig.preset("digits") == TrainConfig() == TrainConfig.for_dataset("digits")
+    cifar = TrainConfig.preset("cifar10")
+    assert cifar == TrainConfig.for_dataset("cifar10")
+    assert (cifar.epochs, cifar.batch_size, cifar.lr, cifar.warmup_epochs) == (200, 256, 0.12, 10)
+    assert cifar.width is None and cifar.amp == "bf16"  # the standard ResNet-18
+    colab = TrainConfig.preset("colab")
+    assert (colab.dataset, colab.width, colab.epochs, colab.batch_size) == ("cifar10", 32, 10, 256)
+    assert (colab.amp, colab.channels_last, colab.device) == ("fp16", True, "cuda")
+    assert colab.out_dir is None and colab.checkpoint_every == 0  # checkpoints at epoch ends
+    assert TrainConfig.preset("colab", batch_size=512).batch_size == 512  # overrides win
+    with pytest.raises(ValueError, match="preset must be one of .*'colab'.*, got 'imagenet'"):
+        TrainConfig.preset("imagenet")
+    with pytest.raises(ValueError, match="width"):
+        TrainConfig.preset("colab", dataset="digits")
+
+
+def test_colab_preset_builds_a_width_32_resnet18():
+    from dcl_teach.models import ResNet18, build_model
+
+    c = TrainConfig.preset("colab")
+    model = build_model(c.dataset, feature_dim=c.feature_dim, proj_dim=c.proj_dim, width=c.width)
+    assert isinstance(model.encoder, ResNet18) and model.encoder.feature_dim == 256
+    full = sum(p.numel() for p in build_model("cifar10").encoder.parameters())
+    small = sum(p.numel() for p in model.encoder.parameters())
+    assert 0.24 < small / full < 0.26  # convolutions scale as width^2: a quarter
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 128)
 
 
 def test_lr_schedule_warms_up_linearly_then_decays_by_cosine():
@@ -172,7 +214,8 @@ def test_batch_larger_than_the_dataset_is_a_clear_error():
         train(dataclasses.replace(TINY, batch_size=2048))
 
 
-def test_cifar10_path_trains_a_resnet18_on_a_fake_archive(tmp_path, monkeypatch):
+@pytest.fixture
+def fake_cifar10(tmp_path, monkeypatch):
     # The real archive cannot be downloaded here: a small one in the exact binary format,
     # served from a file:// URL, goes through the same download, check and parse code.
     import hashlib
@@ -180,15 +223,20 @@ def test_cifar10_path_trains_a_resnet18_on_a_fake_archive(tmp_path, monkeypatch)
 
     import dcl_teach.train as train_module
     from dcl_teach.data import write_fake_cifar10
-    from dcl_teach.models import ResNet18
 
     archive = write_fake_cifar10(tmp_path / "fake.tar.gz", records_per_batch=20, seed=0)
     md5 = hashlib.md5(archive.read_bytes()).hexdigest()
     fake = partial(load_dataset, url=archive.as_uri(), md5=md5, records_per_batch=20)
     monkeypatch.setattr(train_module, "load_dataset", fake)
+    return tmp_path / "data"
+
+
+def test_cifar10_path_trains_a_resnet18_on_a_fake_archive(tmp_path, fake_cifar10):
+    from dcl_teach.models import ResNet18
+
     cfg = TrainConfig.for_dataset(
         "cifar10", feature_dim=16, proj_dim=8, batch_size=16, epochs=2, warmup_epochs=0.0,
-        max_steps=8, knn_k=10, data_root=str(tmp_path / "data"), progress=False,
+        max_steps=8, knn_k=10, data_root=str(fake_cifar10), progress=False,
     )  # fmt: skip
     h = train(cfg)
     assert isinstance(h.model.encoder, ResNet18) and h.model.encoder.stem[0].in_channels == 3
@@ -196,6 +244,36 @@ def test_cifar10_path_trains_a_resnet18_on_a_fake_archive(tmp_path, monkeypatch)
         (1, 6, True), (2, 8, False),
     ]  # 100 training images: 6 steps of 16 per epoch  # fmt: skip
     assert all(math.isfinite(r["loss"]) and 0 <= r["knn_acc"] <= 1 for r in h.records)
+
+
+def test_colab_preset_takes_a_step_on_the_cpu(tmp_path, fake_cifar10):
+    # On the CPU, fp16 autocast and channels_last are off: the weights keep the NCHW layout.
+    from dcl_teach.models import ResNet18
+
+    cfg = TrainConfig.preset(
+        "colab", device="cpu", batch_size=16, max_steps=1, knn_k=10,
+        data_root=str(fake_cifar10), out_dir=str(tmp_path / "run"), progress=False,
+    )  # fmt: skip
+    h = train(cfg)
+    assert isinstance(h.model.encoder, ResNet18) and h.model.encoder.width == 32
+    assert [(r["epoch"], r["step"], r["complete"]) for r in h.records] == [(1, 1, False)]
+    assert math.isfinite(h.records[0]["loss"]) and 0 <= h.final_knn <= 1
+    assert h.model.encoder.stem[0].weight.is_contiguous()  # NCHW, not channels_last
+    state = load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME, cfg)  # the forced checkpoint
+    assert state["global_step"] == 1 and state["config"]["width"] == 32
+    assert state["scaler"] == {}  # no loss scaling without CUDA
+
+
+def test_channels_last_is_ignored_on_the_cpu_and_free_to_change_on_resume(tmp_path):
+    cfg = dataclasses.replace(TINY, epochs=1, max_steps=3)
+    plain, nhwc = train(cfg), train(dataclasses.replace(cfg, channels_last=True))
+    assert without_timing(plain.records) == without_timing(nhwc.records)
+    assert_same_model(plain.model, nhwc.model)
+    out = dataclasses.replace(cfg, out_dir=str(tmp_path), max_steps=2)
+    train(out)
+    resumed = train(dataclasses.replace(out, channels_last=True, max_steps=3))
+    assert resumed.meta["resumed_from_step"] == 2
+    assert_same_model(resumed.model, plain.model)
 
 
 def test_few_labels_uses_a_smaller_memory_bank():
