@@ -206,6 +206,13 @@ def _tile_logsumexp(s: torch.Tensor, dim: int, scratch: torch.Tensor) -> torch.T
     return e.sum(dim=dim).log_().add_(m.squeeze(dim))  # (b,) or (c,)
 
 
+def _similarities(
+    z: torch.Tensor, r0: int, r1: int, c0: int, c1: int, inv_tau: float, out: torch.Tensor
+) -> torch.Tensor:
+    """``S[r0:r1, c0:c1] = z[r0:r1] z[c0:c1]^T / tau`` into ``out``; 1/tau rides on the GEMM."""
+    return torch.addmm(out, z[r0:r1], z[c0:c1].t(), beta=0, alpha=inv_tau, out=out)
+
+
 def _flat(buf: torch.Tensor, rows: int, cols: int, offset: int = 0) -> torch.Tensor:
     return buf[offset : offset + rows * cols].view(rows, cols)  # contiguous, for out= arguments
 
@@ -283,7 +290,7 @@ class SymmetricContrastiveFunction(torch.autograd.Function):
         n = k // 2
         b = min(block_size, k)
         starts = range(0, k, b)
-        zs = z * (1.0 / tau)  # (K, D) 1/tau folded into one factor of S = zs z^T
+        inv_tau = 1.0 / tau
         need_grad = ctx.needs_input_grad[0]
         tile_entries = sum(min(b, k - r0) * (k - r0) for r0 in starts)
         cached = need_grad and tile_entries <= CACHE_ENTRIES
@@ -298,7 +305,7 @@ class SymmetricContrastiveFunction(torch.autograd.Function):
                 c1 = min(c0 + b, k)
                 tile = _flat(arena, r1 - r0, c1 - c0, offset)
                 offset += tile.numel() if cached else 0
-                s = torch.mm(zs[r0:r1], z[c0:c1].t(), out=tile)  # (bi, bj) S[I, J]
+                s = _similarities(z, r0, r1, c0, c1, inv_tau, out=tile)  # (bi, bj) S[I, J]
                 _exclude_(s, r0, c0, n, decoupled)
                 row = _tile_logsumexp(s, 1, _flat(scratch, r1 - r0, c1 - c0))  # (bi,)
                 torch.logaddexp(lse[r0:r1], row, out=lse[r0:r1])
@@ -308,7 +315,8 @@ class SymmetricContrastiveFunction(torch.autograd.Function):
         _give(scratch)
         if not cached:
             _give(arena)
-        s_pos = (zs * z.roll(n, dims=0)).sum(dim=1)  # (K,) s[a, p(a)], p(a) = (a + n) mod K
+        c = torch.linalg.vecdot(z[:n], z[n:]) * inv_tau  # (n,) s[a, a + n] = s[a + n, a]
+        s_pos = torch.cat([c, c])  # (K,) s[a, p(a)]
         loss = (lse - weights * s_pos).sum() * scale
         if need_grad:
             ctx.save_for_backward(z, weights, lse)
@@ -325,7 +333,7 @@ class SymmetricContrastiveFunction(torch.autograd.Function):
             rows = torch.arange(k, device=z.device)  # (K,)
             grad_a, grad_c = dense_grads(z, z, rows, weights, grad_out, tau, decoupled, scale)
             return grad_a + grad_c, None, None, None, None, None
-        zs = z * (1.0 / tau)  # (K, D)
+        inv_tau = 1.0 / tau
         arena, ctx.arena = ctx.arena, None  # a second backward recomputes the tiles
         buf = _take(b * b, z) if arena is None else None  # (b*b,)
         q1, q2 = _take(b * b, z), _take(b * b, z)  # (b*b,) each
@@ -339,7 +347,7 @@ class SymmetricContrastiveFunction(torch.autograd.Function):
                     s = _flat(arena, r1 - r0, c1 - c0, offset)  # (bi, bj)
                     offset += s.numel()
                 else:
-                    s = torch.mm(zs[r0:r1], z[c0:c1].t(), out=_flat(buf, r1 - r0, c1 - c0))
+                    s = _similarities(z, r0, r1, c0, c1, inv_tau, out=_flat(buf, r1 - r0, c1 - c0))
                     _exclude_(s, r0, c0, k // 2, decoupled)
                 # Q[I, J] = P[I, J] + P[J, I]^T = exp(s - lse_I) + exp(s - lse_J^T)
                 q = torch.sub(s, lse[r0:r1, None], out=_flat(q1, r1 - r0, c1 - c0))
@@ -350,9 +358,11 @@ class SymmetricContrastiveFunction(torch.autograd.Function):
                     grad[c0:c1].addmm_(q.t(), z[r0:r1])  # (bj, D)
         _give(q1, q2, arena if arena is not None else buf)
         # the positive term: -(w_a + w_{p(a)}) z_{p(a)}, both anchors of the pair pulling;
-        # rolling by n puts row p(a) = (a + n) mod K at row a (positive_of with K = 2n)
-        w_pair = weights + weights.roll(k // 2)  # (K,)
-        grad -= w_pair[:, None] * z.roll(k // 2, dims=0)  # (K, D)
+        # p(a) = a + n on the first half, a - n on the second (positive_of with K = 2n)
+        n = k // 2
+        w_pair = (weights[:n] + weights[n:])[:, None]  # (n, 1)
+        grad[:n].addcmul_(z[n:], w_pair, value=-1.0)  # (n, D)
+        grad[n:].addcmul_(z[:n], w_pair, value=-1.0)  # (n, D)
         grad *= grad_out * (scale / tau)  # a 0-dim tensor: no host-device sync
         return grad, None, None, None, None, None
 

@@ -29,7 +29,6 @@ import numbers
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dcl_teach import distributed as dist_utils
@@ -129,7 +128,7 @@ def check_embeddings(
 def _value_check(z1: torch.Tensor, z2: torch.Tensor, *, nonzero_rows: bool) -> torch.Tensor:
     """Check values in one pass and one device-to-host transfer; return the (2N,) row peaks
     ``max_j |z[a, j]|`` of ``cat([z1, z2])``, which :func:`normalize_rows` reuses."""
-    peaks = torch.cat([z1.detach(), z2.detach()]).abs().amax(dim=1)  # (2N,) NaN propagates
+    peaks = torch.cat([z.detach().abs().amax(dim=1) for z in (z1, z2)])  # (2N,) NaN propagates
     n = z1.shape[0]
     flags = [torch.isfinite(peaks[:n]).all(), torch.isfinite(peaks[n:]).all()]
     if nonzero_rows:
@@ -178,7 +177,34 @@ def normalize_rows(z: torch.Tensor, peaks: torch.Tensor | None = None) -> torch.
     """
     if peaks is None:
         peaks = z.detach().abs().amax(dim=1)  # (N,) largest entry of each row
-    return F.normalize(z / peaks.to(z.dtype)[:, None], dim=1)  # (N, D)
+    return _UnitRows.apply(z, peaks.to(z.dtype))  # (N, D)
+
+
+class _UnitRows(torch.autograd.Function):
+    """``z / ||z||`` by rows; saves only ``z`` (the caller's tensor) and the (N,) row peaks.
+
+    The backward ``(g - u (g . u)) / ||z||`` is written with differentiable operations on the
+    saved input, so it also serves double backward. Compared with ``F.normalize`` this keeps
+    no (N, D) intermediate alive between forward and backward.
+    """
+
+    @staticmethod
+    def _unit(z: torch.Tensor, peaks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = z / peaks[:, None]  # (N, D) entries in [-1, 1]: the norm cannot under/overflow
+        norm_y = torch.linalg.vector_norm(y, dim=1, keepdim=True)  # (N, 1) in [1, sqrt(D)]
+        return y / norm_y, norm_y  # (N, D), (N, 1)
+
+    @staticmethod
+    def forward(ctx, z, peaks):  # noqa: D102
+        ctx.save_for_backward(z, peaks)
+        return _UnitRows._unit(z, peaks)[0]
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: D102
+        z, peaks = ctx.saved_tensors
+        u, norm_y = _UnitRows._unit(z, peaks)  # (N, D), (N, 1) recomputed: O(N D)
+        radial = (g * u).sum(dim=1, keepdim=True)  # (N, 1) g . u
+        return (g - u * radial) / norm_y / peaks[:, None], None  # (N, D) over ||z||
 
 
 def vmf_weights_from_cosines(c: torch.Tensor, *, sigma: float) -> torch.Tensor:
@@ -233,10 +259,11 @@ def _contrastive(
     with torch.autocast(device_type=z1.device.type, enabled=False):
         dtype = _compute_dtype(z1)
         n = z1.shape[0]
-        za = torch.cat([z1, z2]).to(dtype)  # (2n, D) this rank's anchors
+        z1, z2 = z1.to(dtype), z2.to(dtype)
         if normalize:
-            za = normalize_rows(za, peaks)
-        z1, z2 = za[:n], za[n:]  # (n, D) each
+            peaks = peaks.to(dtype)
+            z1, z2 = normalize_rows(z1, peaks[:n]), normalize_rows(z2, peaks[n:])
+        za = torch.cat([z1, z2])  # (2n, D) this rank's anchors
         rank, world = dist_utils.world_info() if gather_distributed else (0, 1)
 
         if world == 1:
