@@ -264,6 +264,27 @@ def test_colab_preset_takes_a_step_on_the_cpu(tmp_path, fake_cifar10):
     assert state["scaler"] == {}  # no loss scaling without CUDA
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_colab_preset_on_cuda_uses_fp16_loss_scaling_and_channels_last(tmp_path, fake_cifar10):
+    cfg = TrainConfig.preset(
+        "colab", batch_size=16, epochs=2, max_steps=8, knn_k=10, data_root=str(fake_cifar10),
+        out_dir=str(tmp_path / "run"), progress=False,
+    )  # fmt: skip
+    h = train(cfg)
+    assert h.meta["device"].startswith("cuda")
+    assert [(r["epoch"], r["step"], r["complete"]) for r in h.records] == [
+        (1, 6, True), (2, 8, False),
+    ]  # fmt: skip
+    assert all(math.isfinite(r["loss"]) and 0 <= r["knn_acc"] <= 1 for r in h.records)
+    weight = h.model.encoder.stem[0].weight
+    assert weight.is_cuda and weight.is_contiguous(memory_format=torch.channels_last)
+    state = load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME, cfg)
+    assert state["scaler"]["scale"] > 0  # fp16 autocast scales the loss
+    resumed = train(dataclasses.replace(cfg, max_steps=None, epochs=2))
+    assert resumed.meta["resumed_from_step"] == 8 and resumed.records[-1]["step"] == 12
+
+
 def test_channels_last_is_ignored_on_the_cpu_and_free_to_change_on_resume(tmp_path):
     cfg = dataclasses.replace(TINY, epochs=1, max_steps=3)
     plain, nhwc = train(cfg), train(dataclasses.replace(cfg, channels_last=True))
