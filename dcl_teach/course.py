@@ -7,7 +7,12 @@
 * ``instructor/``: every exercise stub replaced by its solution, so every self-check passes,
   and the instructor notes kept, marked as such;
 * ``slides/``: one reveal.js deck per notebook (``jupyter nbconvert --to slides``), from the
-  student edition, with the slide metadata of the source.
+  student edition, with the slide metadata of the source. The decks load reveal.js and MathJax
+  from copies next to them (``slides/reveal.js/``, ``slides/mathjax/``), never from a CDN, so
+  they work in a seminar room without a network.
+
+``python -m dcl_teach.course site`` builds the course website into ``build/site/`` (see
+:mod:`dcl_teach.site`).
 
 An exercise is three cells sharing the metadata ``{"exercise": "k.m"}`` and tagged
 ``exercise`` (the stub), ``check`` (the self-check) and ``solution`` (hidden answer); see
@@ -116,16 +121,91 @@ def instructor_edition(nb):
     return out
 
 
+# nbconvert's reveal template, with every CDN script replaced by a copy next to the deck:
+# reveal.js as plain scripts (no require.js, no jQuery), MathJax 3 instead of MathJax 2 from
+# cdnjs, no mermaid and no widget manager (a deck has no outputs to render with them).
+OFFLINE_DECK_TEMPLATE = r"""{%- extends 'index.html.j2' -%}
+{%- block html_head_js -%}
+<script src="{{ reveal_url_prefix }}/dist/reveal.js"></script>
+<script src="{{ reveal_url_prefix }}/plugin/notes/notes.js"></script>
+{%- endblock html_head_js -%}
+{% block jupyter_widgets %}{% endblock jupyter_widgets %}
+{%- block html_head_js_mathjax -%}
+<script>
+window.MathJax = {
+  tex: {
+    inlineMath: [['$', '$'], ['\\(', '\\)']],
+    displayMath: [['$$', '$$'], ['\\[', '\\]']],
+    processEscapes: true,
+    processEnvironments: true
+  },
+  options: {ignoreHtmlClass: 'tex2jax_ignore', processHtmlClass: 'tex2jax_process'}
+};
+</script>
+<script src="{{ resources.mathjax_url }}"></script>
+{%- endblock html_head_js_mathjax -%}
+{% block footer_js %}
+<script>
+Reveal.initialize({
+  controls: true,
+  progress: true,
+  history: true,
+  transition: "{{ reveal_transition }}",
+  slideNumber: "{{ reveal_number }}",
+  plugins: [RevealNotes],
+  width: {{ reveal_width }},
+  height: {{ reveal_height }},
+});
+</script>
+{% endblock footer_js %}
+"""
+REVEAL_DIR, MATHJAX_DIR = "reveal.js", "mathjax"
+"""Folders next to the decks that hold their reveal.js and MathJax."""
+
+
 def slides_html(nb) -> str:
-    """A reveal.js deck of ``nb`` (its student edition), as ``jupyter nbconvert --to slides``."""
+    """A reveal.js deck of ``nb`` (its student edition), as ``jupyter nbconvert --to slides``.
+
+    The deck expects reveal.js and MathJax in ``reveal.js/`` and ``mathjax/`` beside it
+    (:func:`write_decks` puts them there).
+    """
+    from jinja2 import DictLoader
     from nbconvert import SlidesExporter
+
+    from dcl_teach import site
 
     deck = student_edition(nb)
     for cell in deck.cells:
         if "colab-install" in _tags(cell) or "colab-badge" in _tags(cell):
             cell.metadata.setdefault("slideshow", {})["slide_type"] = "skip"
-    body, _ = SlidesExporter().from_notebook_node(deck)
+    exporter = SlidesExporter(
+        extra_loaders=[DictLoader({"dcl_offline_deck.html.j2": OFFLINE_DECK_TEMPLATE})],
+        template_file="dcl_offline_deck.html.j2",
+        reveal_url_prefix=REVEAL_DIR,
+        reveal_theme=site.REVEAL_THEME,
+        mathjax_url=f"{MATHJAX_DIR}/tex-chtml.js",
+    )
+    body, _ = exporter.from_notebook_node(deck)
     return body
+
+
+def write_decks(notebooks: list[Path], out: Path) -> list[Path]:
+    """Write the deck of each notebook into ``out``, with reveal.js and MathJax beside them.
+
+    Raises:
+        dcl_teach.site.SiteError: the packages that ship reveal.js and MathJax are missing.
+    """
+    from dcl_teach import site
+
+    out = Path(out)
+    site.copy_reveal(out / REVEAL_DIR)
+    site.copy_mathjax(out / MATHJAX_DIR)
+    written = []
+    for path in notebooks:
+        target = out / (Path(path).stem + ".slides.html")
+        _write(target, slides_html(nbformat.read(path, as_version=4)))
+        written.append(target)
+    return written
 
 
 def equation_tags(nb) -> list[str]:
@@ -164,23 +244,28 @@ def build(source: Path, out: Path, *, slides: bool = True) -> dict[str, list[Pat
             target = Path(out) / name / path.name
             _write(target, nbformat.writes(edition))
             written[name].append(target)
-        if slides:
-            target = Path(out) / "slides" / (path.stem + ".slides.html")
-            _write(target, slides_html(nb))
-            written["slides"].append(target)
+    if slides:
+        written["slides"] = write_decks(notebooks, Path(out) / "slides")
     return written
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m dcl_teach.course build [--source notebooks] [--out build/course]``."""
+    """``python -m dcl_teach.course build [--source notebooks] [--out build/course]``,
+    or ``python -m dcl_teach.course site [--root .] [--out build/site]``."""
     p = argparse.ArgumentParser(
         prog="python -m dcl_teach.course", description=__doc__.split("\n")[0]
     )
-    p.add_argument("command", choices=["build"])
+    p.add_argument("command", choices=["build", "site"], help="the editions, or the website")
     p.add_argument("--source", default="notebooks", help="folder of the source notebooks")
-    p.add_argument("--out", default="build/course", help="where student/, instructor/, slides/ go")
+    p.add_argument("--root", default=".", help="site: the repository checkout to build from")
+    p.add_argument(
+        "--out", default=None, help="where it goes (default build/course, or build/site)"
+    )
     p.add_argument("--no-slides", action="store_true", help="skip the reveal.js decks")
     args = p.parse_args(argv)
+    if args.command == "site":
+        return _site(Path(args.root), Path(args.out or "build/site"))
+    args.out = args.out or "build/course"
     try:
         written = build(Path(args.source), Path(args.out), slides=not args.no_slides)
     except (FileNotFoundError, CourseError) as err:
@@ -189,6 +274,21 @@ def main(argv: list[str] | None = None) -> int:
     for name, paths in written.items():
         if paths:
             print(f"{name:>10}: {len(paths)} file(s) in {paths[0].parent}")
+    return 0
+
+
+def _site(root: Path, out: Path) -> int:
+    from dcl_teach import site
+
+    try:
+        report = site.build_site(root, out)
+    except (FileNotFoundError, site.SiteError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"site: {len(report['lessons'])} lessons, slides and API reference in {out} "
+        f"({report['seconds']:.0f} s; open {out / 'index.html'})"
+    )
     return 0
 
 
