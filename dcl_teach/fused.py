@@ -258,6 +258,105 @@ def release_workspace() -> None:
     _workspace.free = []
 
 
+def _tiled_forward(
+    z: torch.Tensor, inv_tau: float, n: int, b: int, decoupled: bool, need_grad: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Row log-sum-exps ``lse`` (K,) over the tiles I <= J; returns them and, when the tiles
+    fit in :data:`CACHE_ENTRIES` and a gradient is wanted, the tiles (one flat buffer)."""
+    k = 2 * n
+    starts = range(0, k, b)
+    tile_entries = sum(min(b, k - r0) * (k - r0) for r0 in starts)
+    cached = need_grad and tile_entries <= CACHE_ENTRIES
+    arena = _take(tile_entries if cached else b * b, z)  # the kept tiles, or one tile reused
+    scratch = _take(b * b, z)  # (b*b,)
+    lse = torch.full((k,), float("-inf"), dtype=z.dtype, device=z.device)  # (K,)
+    offset = 0
+    for r0 in starts:
+        r1 = min(r0 + b, k)
+        for c0 in range(r0, k, b):
+            c1 = min(c0 + b, k)
+            tile = _flat(arena, r1 - r0, c1 - c0, offset)
+            offset += tile.numel() if cached else 0
+            s = _similarities(z, r0, r1, c0, c1, inv_tau, out=tile)  # (bi, bj) S[I, J]
+            _exclude_(s, r0, c0, n, decoupled)
+            row = _tile_logsumexp(s, 1, _flat(scratch, r1 - r0, c1 - c0))  # (bi,)
+            torch.logaddexp(lse[r0:r1], row, out=lse[r0:r1])
+            if c0 != r0:  # the same tile, read by columns, serves the rows of J
+                col = _tile_logsumexp(s, 0, _flat(scratch, r1 - r0, c1 - c0))  # (bj,)
+                torch.logaddexp(lse[c0:c1], col, out=lse[c0:c1])
+    _give(scratch)
+    if not cached:
+        _give(arena)
+        arena = None
+    return lse, arena
+
+
+def _tiled_backward(
+    z: torch.Tensor,
+    lse: torch.Tensor,
+    arena: torch.Tensor | None,
+    inv_tau: float,
+    b: int,
+    decoupled: bool,
+) -> torch.Tensor:
+    """``(P + P^T) Z`` (K, D) tile by tile, from the kept tiles or recomputing them."""
+    k = z.shape[0]
+    buf = _take(b * b, z) if arena is None else None  # (b*b,)
+    q1, q2 = _take(b * b, z), _take(b * b, z)  # (b*b,) each
+    grad = torch.zeros_like(z)  # (K, D)
+    offset = 0
+    for r0 in range(0, k, b):
+        r1 = min(r0 + b, k)
+        for c0 in range(r0, k, b):
+            c1 = min(c0 + b, k)
+            if arena is not None:  # kept by the forward pass, read only
+                s = _flat(arena, r1 - r0, c1 - c0, offset)  # (bi, bj)
+                offset += s.numel()
+            else:
+                s = _similarities(z, r0, r1, c0, c1, inv_tau, out=_flat(buf, r1 - r0, c1 - c0))
+                _exclude_(s, r0, c0, k // 2, decoupled)
+            # Q[I, J] = P[I, J] + P[J, I]^T = exp(s - lse_I) + exp(s - lse_J^T)
+            q = torch.sub(s, lse[r0:r1, None], out=_flat(q1, r1 - r0, c1 - c0))
+            p_t = torch.sub(s, lse[None, c0:c1], out=_flat(q2, r1 - r0, c1 - c0))
+            q = _exp_floored_(q).add_(_exp_floored_(p_t))  # (bi, bj)
+            grad[r0:r1].addmm_(q, z[c0:c1])  # (bi, D)
+            if c0 != r0:
+                grad[c0:c1].addmm_(q.t(), z[r0:r1])  # (bj, D)
+    _give(q1, q2, arena if arena is not None else buf)
+    return grad
+
+
+def _single_tile_forward(
+    z: torch.Tensor, inv_tau: float, n: int, decoupled: bool, need_grad: bool
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """The whole ``S`` as one tile (small K): ``lse`` (K,), and for the backward the shifted
+    exponentials ``E = exp(S - rowmax)`` and their row sums, so that ``P = E / sums``."""
+    k = 2 * n
+    arena = _take(k * k, z)  # (K*K,)
+    s = _similarities(z, 0, k, 0, k, inv_tau, out=_flat(arena, k, k))  # (K, K)
+    _exclude_(s, 0, 0, n, decoupled)
+    m = s.amax(dim=1, keepdim=True)  # (K, 1) finite: every row has a candidate
+    e = _exp_floored_(s.sub_(m))  # (K, K) in [e^-64, 1]; the row maximum gives 1
+    sums = e.sum(dim=1)  # (K,) >= 1
+    lse = sums.log().add_(m.squeeze(1))  # (K,)
+    if not need_grad:
+        _give(arena)
+        return lse, None, None
+    return lse, arena, sums
+
+
+def _single_tile_backward(z: torch.Tensor, arena: torch.Tensor, sums: torch.Tensor) -> torch.Tensor:
+    """``(P + P^T) Z`` (K, D) from the kept ``E``: ``P = E / sums`` >= e^-64 / K, still a
+    normal float, and ``S`` symmetric makes the transpose the other half of ``Q``."""
+    k = z.shape[0]
+    p = _flat(arena, k, k).div_(sums[:, None])  # (K, K) P, in place: E is not needed again
+    q_buf = _take(k * k, z)  # (K*K,)
+    q = torch.add(p, p.t(), out=_flat(q_buf, k, k))  # (K, K) Q = P + P^T
+    grad = torch.mm(q, z)  # (K, D)
+    _give(arena, q_buf)
+    return grad
+
+
 class SymmetricContrastiveFunction(torch.autograd.Function):
     """The single-process kernel: the candidates are the anchors, so ``S`` is symmetric.
 
@@ -289,38 +388,19 @@ class SymmetricContrastiveFunction(torch.autograd.Function):
         k = z.shape[0]
         n = k // 2
         b = min(block_size, k)
-        starts = range(0, k, b)
         inv_tau = 1.0 / tau
         need_grad = ctx.needs_input_grad[0]
-        tile_entries = sum(min(b, k - r0) * (k - r0) for r0 in starts)
-        cached = need_grad and tile_entries <= CACHE_ENTRIES
-        # the forward's tiles, kept for the backward, or one tile reused
-        arena = _take(tile_entries if cached else b * b, z)  # (entries,)
-        scratch = _take(b * b, z)  # (b*b,)
-        lse = torch.full((k,), float("-inf"), dtype=z.dtype, device=z.device)  # (K,)
-        offset = 0
-        for r0 in starts:
-            r1 = min(r0 + b, k)
-            for c0 in range(r0, k, b):
-                c1 = min(c0 + b, k)
-                tile = _flat(arena, r1 - r0, c1 - c0, offset)
-                offset += tile.numel() if cached else 0
-                s = _similarities(z, r0, r1, c0, c1, inv_tau, out=tile)  # (bi, bj) S[I, J]
-                _exclude_(s, r0, c0, n, decoupled)
-                row = _tile_logsumexp(s, 1, _flat(scratch, r1 - r0, c1 - c0))  # (bi,)
-                torch.logaddexp(lse[r0:r1], row, out=lse[r0:r1])
-                if c0 != r0:  # the same tile, read by columns, serves the rows of J
-                    col = _tile_logsumexp(s, 0, _flat(scratch, r1 - r0, c1 - c0))  # (bj,)
-                    torch.logaddexp(lse[c0:c1], col, out=lse[c0:c1])
-        _give(scratch)
-        if not cached:
-            _give(arena)
+        if k <= b:  # one tile: the whole matrix, whose row maxima are the global ones
+            lse, arena, sums = _single_tile_forward(z, inv_tau, n, decoupled, need_grad)
+        else:
+            lse, arena = _tiled_forward(z, inv_tau, n, b, decoupled, need_grad)
+            sums = None
         c = torch.linalg.vecdot(z[:n], z[n:]) * inv_tau  # (n,) s[a, a + n] = s[a + n, a]
         s_pos = torch.cat([c, c])  # (K,) s[a, p(a)]
         loss = (lse - weights * s_pos).sum() * scale
         if need_grad:
             ctx.save_for_backward(z, weights, lse)
-            ctx.arena = arena if cached else None
+            ctx.arena, ctx.sums = arena, sums
             ctx.hyper = (tau, decoupled, b, scale)
         return loss
 
@@ -333,30 +413,14 @@ class SymmetricContrastiveFunction(torch.autograd.Function):
             rows = torch.arange(k, device=z.device)  # (K,)
             grad_a, grad_c = dense_grads(z, z, rows, weights, grad_out, tau, decoupled, scale)
             return grad_a + grad_c, None, None, None, None, None
-        inv_tau = 1.0 / tau
         arena, ctx.arena = ctx.arena, None  # a second backward recomputes the tiles
-        buf = _take(b * b, z) if arena is None else None  # (b*b,)
-        q1, q2 = _take(b * b, z), _take(b * b, z)  # (b*b,) each
-        grad = torch.zeros_like(z)  # (K, D) accumulates (P + P^T) Z
-        offset = 0
-        for r0 in range(0, k, b):
-            r1 = min(r0 + b, k)
-            for c0 in range(r0, k, b):
-                c1 = min(c0 + b, k)
-                if arena is not None:  # kept by the forward pass, read only
-                    s = _flat(arena, r1 - r0, c1 - c0, offset)  # (bi, bj)
-                    offset += s.numel()
-                else:
-                    s = _similarities(z, r0, r1, c0, c1, inv_tau, out=_flat(buf, r1 - r0, c1 - c0))
-                    _exclude_(s, r0, c0, k // 2, decoupled)
-                # Q[I, J] = P[I, J] + P[J, I]^T = exp(s - lse_I) + exp(s - lse_J^T)
-                q = torch.sub(s, lse[r0:r1, None], out=_flat(q1, r1 - r0, c1 - c0))
-                p_t = torch.sub(s, lse[None, c0:c1], out=_flat(q2, r1 - r0, c1 - c0))
-                q = _exp_floored_(q).add_(_exp_floored_(p_t))  # (bi, bj)
-                grad[r0:r1].addmm_(q, z[c0:c1])  # (bi, D)
-                if c0 != r0:
-                    grad[c0:c1].addmm_(q.t(), z[r0:r1])  # (bj, D)
-        _give(q1, q2, arena if arena is not None else buf)
+        if k <= b:  # one tile; a second backward recomputes it the same way, bit for bit
+            sums = ctx.sums
+            if arena is None:
+                _, arena, sums = _single_tile_forward(z, 1.0 / tau, k // 2, decoupled, True)
+            grad = _single_tile_backward(z, arena, sums)
+        else:
+            grad = _tiled_backward(z, lse, arena, 1.0 / tau, b, decoupled)
         # the positive term: -(w_a + w_{p(a)}) z_{p(a)}, both anchors of the pair pulling;
         # p(a) = a + n on the first half, a - n on the second (positive_of with K = 2n)
         n = k // 2
