@@ -232,11 +232,34 @@ def api_page() -> str:
     )
 
 
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+WIDGET_NOTE = (
+    "[Interactive sliders: they need a running kernel. Open this notebook in Colab or Binder "
+    "(the badges at the top of the page) to move them.]"
+)
+
+
+def lesson_notebook(path: Path) -> str:
+    """The notebook as its page shows it: committed outputs, a note in place of each widget.
+
+    A widget's saved output is only its text form (``interactive(children=(FloatLogSlider(...``),
+    which tells a reader nothing on a static page; every other output is kept as committed.
+    """
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            if WIDGET_MIME in output.get("data", {}):
+                output["data"] = {"text/plain": WIDGET_NOTE}
+    return nbformat.writes(nb)
+
+
 def stage(root: Path, src: Path) -> list[str]:
     """Write the Sphinx source tree of the site into ``src``; return the lesson names.
 
-    Generated pages are rewritten only when their text changes, and notebooks are copied with
-    their times, so Sphinx's incremental build redoes only what changed.
+    Pages (notebooks included) are rewritten only when their text changes, so Sphinx's
+    incremental build redoes only what changed.
     """
     root, src = Path(root), Path(src)
     notebooks = lessons(root)
@@ -251,8 +274,10 @@ def stage(root: Path, src: Path) -> list[str]:
     shutil.copytree(root / CONF_DIR, src, dirs_exist_ok=True)
     copy_mathjax(src / "_static" / "mathjax")
     for path in notebooks:
-        if not (src / path.name).exists() or (src / path.name).read_bytes() != path.read_bytes():
-            shutil.copy2(path, src / path.name)
+        text = lesson_notebook(path)
+        target = src / path.name
+        if not target.exists() or target.read_text(encoding="utf-8") != text:
+            target.write_text(text, encoding="utf-8")
     readme = (root / "README.md").read_text(encoding="utf-8")
     pages = {
         "index.md": index_page(readme, names),

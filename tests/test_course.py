@@ -1,5 +1,6 @@
 """The teaching kit: editions and decks are built from notebooks/ and behave as promised."""
 
+import re
 from pathlib import Path
 
 import nbformat
@@ -82,6 +83,20 @@ def test_each_deck_builds_with_the_notebooks_numbered_equations(built, path):
     assert "reveal" in html.lower()
     for tag in tags:
         assert f"\\tag{{{tag}}}" in html, f"equation ({tag}) missing from the deck of {path.name}"
+
+
+def test_decks_load_reveal_and_mathjax_from_copies_beside_them(built):
+    # A seminar room may have no network: no deck may reach for a CDN.
+    for path in SOURCES:
+        deck = built / "slides" / f"{path.stem}.slides.html"
+        html = deck.read_text()
+        scripts = re.findall(r'<script[^>]* src="([^"]+)"', html)
+        sheets = re.findall(r'<link[^>]* href="([^"]+)"', html)
+        assert "reveal.js/dist/reveal.js" in scripts and "mathjax/tex-chtml.js" in scripts
+        for url in scripts + sheets:
+            assert "://" not in url and not url.startswith("//"), f"{deck.name} loads {url}"
+            assert (deck.parent / url).is_file(), f"{deck.name}: {url} is not beside the deck"
+        assert "MathJax.Hub" not in html, "the deck configures MathJax 2, but MathJax 3 ships"
 
 
 def test_broken_exercise_is_reported_with_the_notebook_name(tmp_path):

@@ -122,6 +122,23 @@ def test_lesson_pages_show_the_committed_outputs(built):
             assert (built / a["src"]).stat().st_size > 0
 
 
+def test_widgets_are_replaced_by_a_note_saying_where_they_run(built):
+    with_widgets = [
+        path.stem
+        for path in NOTEBOOKS
+        if any(
+            site.WIDGET_MIME in o.get("data", {})
+            for c in nbformat.read(path, as_version=4).cells
+            for o in c.get("outputs", [])
+        )
+    ]
+    assert with_widgets, "expected the slider notebooks to have saved widget outputs"
+    for name in with_widgets:
+        text = (built / f"{name}.html").read_text(encoding="utf-8")
+        assert "interactive(children=(" not in text, name
+        assert "Open this notebook in Colab or Binder" in text, name
+
+
 def test_lesson_pages_carry_their_colab_and_binder_badges(built):
     for name in NAMES:
         page = tags(built / f"{name}.html")

@@ -25,7 +25,7 @@ exclude_patterns = ["_static", "**/.ipynb_checkpoints"]
 # --- notebooks: committed outputs only, no kernel, no CDN
 nb_execution_mode = "off"
 # The sliders need a running kernel; a static page cannot move them. No widget scripts are
-# loaded (they would come from a CDN); the widget's text form is shown instead.
+# loaded (they would come from a CDN); dcl_teach.site puts a note in each widget's place.
 nb_ipywidgets_js = {}
 nb_mime_priority_overrides = [("html", "application/vnd.jupyter.widget-view+json", None)]
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence"]
