@@ -161,6 +161,7 @@ def time_variants(
     repeats: int,
     names: list[str],
     taus: tuple[float, ...] = (),
+    warmup: bool = True,
 ) -> dict[str, float]:
     """Median seconds of one forward + backward per variant, interleaved over rounds.
 
@@ -169,15 +170,20 @@ def time_variants(
     z1, z2 = _inputs(n, d, device)
     funcs = {k: v for k, v in variants(loss, tau, taus).items() if k in names}
     times: dict[str, list[float]] = {k: [] for k in funcs}
-    for name, f in list(funcs.items()):  # warm-up
+    for name, f in list(funcs.items()):  # warm-up (or, without it, a first timed round)
         try:
-            f(z1, z2)
+            if warmup:
+                f(z1, z2)
+            else:
+                t0 = time.perf_counter()
+                f(z1, z2)
+                times[name].append(time.perf_counter() - t0)
         except (RuntimeError, MemoryError) as err:
             print(f"{name} failed at N={n}: {str(err).splitlines()[0][:200]}", file=sys.stderr)
             del funcs[name]
             times[name] = []
             z1.grad = z2.grad = None
-    for _ in range(repeats):
+    for _ in range(repeats if warmup else repeats - 1):
         for name, f in funcs.items():
             _sync(device)
             t0 = time.perf_counter()
@@ -293,6 +299,8 @@ def run_loss_bench(args: argparse.Namespace) -> dict[str, object]:
         available = available_bytes(args.device)
         skipped = {k: skip_reason(n, k, available) for k in all_names}
         names = [k for k in all_names if skipped[k] is None]
+        if args.variants:
+            names = [k for k in names if k in args.variants]
         for k, why in skipped.items():
             if why is not None:
                 print(f"{k} skipped at N={n}: {why}", file=sys.stderr)
@@ -305,9 +313,12 @@ def run_loss_bench(args: argparse.Namespace) -> dict[str, object]:
             repeats=args.repeats,
             names=names,
             taus=taus,
+            warmup=not args.no_warmup,
         )
         floor, naive = times.get("matmul floor"), times.get("naive")
         for name in all_names:
+            if args.variants and name not in args.variants:
+                continue
             t = times.get(name)
             row: dict[str, object] = {"N": n, "variant": name, "tau": args.tau}
             if name.startswith("fused tau="):
@@ -397,6 +408,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5, help="timed rounds per size")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-memory", action="store_true", help="skip the memory probes")
+    p.add_argument(
+        "--no-warmup",
+        action="store_true",
+        help="time the first call too (for large N, where one call takes minutes)",
+    )
+    p.add_argument("--variants", nargs="+", default=None, help="only these variants (default: all)")
     p.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's choice)"
     )

@@ -330,7 +330,7 @@ def _single_tile_forward(
     z: torch.Tensor, inv_tau: float, n: int, decoupled: bool, need_grad: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """The whole ``S`` as one tile (small K): ``lse`` (K,), and for the backward the shifted
-    exponentials ``E = exp(S - rowmax)`` and their row sums, so that ``P = E / sums``."""
+    exponentials ``E = exp(S - rowmax)`` (>= e^-64, normal floats) and their row sums."""
     k = 2 * n
     arena = _take(k * k, z)  # (K*K,)
     s = _similarities(z, 0, k, 0, k, inv_tau, out=_flat(arena, k, k))  # (K, K)
@@ -346,14 +346,15 @@ def _single_tile_forward(
 
 
 def _single_tile_backward(z: torch.Tensor, arena: torch.Tensor, sums: torch.Tensor) -> torch.Tensor:
-    """``(P + P^T) Z`` (K, D) from the kept ``E``: ``P = E / sums`` >= e^-64 / K, still a
-    normal float, and ``S`` symmetric makes the transpose the other half of ``Q``."""
+    """``(P + P^T) Z`` (K, D) from the kept ``E``: with ``P = D^-1 E`` (``D`` the row sums),
+    ``D^-1 (E Z) + E^T (D^-1 Z)``, two GEMMs (a transposed operand is free in BLAS, a
+    transposed add over the tile is not), no pass over the tile."""
     k = z.shape[0]
-    p = _flat(arena, k, k).div_(sums[:, None])  # (K, K) P, in place: E is not needed again
-    q_buf = _take(k * k, z)  # (K*K,)
-    q = torch.add(p, p.t(), out=_flat(q_buf, k, k))  # (K, K) Q = P + P^T
-    grad = torch.mm(q, z)  # (K, D)
-    _give(arena, q_buf)
+    e = _flat(arena, k, k)  # (K, K)
+    inv = sums.reciprocal()[:, None]  # (K, 1)
+    grad = torch.mm(e, z).mul_(inv)  # (K, D) D^-1 E Z
+    grad.addmm_(e.t(), z * inv)  # (K, D) + E^T D^-1 Z
+    _give(arena)
     return grad
 
 

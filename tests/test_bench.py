@@ -85,3 +85,13 @@ def test_variants_too_big_for_memory_are_skipped_with_the_reason(monkeypatch, ca
     captured = capsys.readouterr()
     assert "naive skipped at N=64: out of memory" in captured.err
     assert "out of memory: needs about" in captured.out
+
+
+def test_variants_filter_and_no_warmup():
+    report = bench.main(
+        ["loss", "--sizes", "16", "--dim", "4", "--repeats", "1", "--no-memory", "--taus"]
+        + ["--no-warmup", "--variants", "matmul floor", "fused"]
+    )
+    rows = {r["variant"]: r for r in report["results"]}
+    assert set(rows) == {"matmul floor", "fused"}
+    assert rows["fused"]["seconds"] > 0 and rows["fused"]["vs_floor"] > 0
