@@ -1,4 +1,4 @@
-"""One kernel behind InfoNCE, DCL and DCLW: row blocks, analytic gradient, no 2N x 2N matrix.
+"""The kernels behind InfoNCE, DCL and DCLW: tiles, analytic gradient, no 2N x 2N matrix.
 
 Every loss of the course has the same shape. For anchor ``a`` with similarities
 ``s[a, j] = <z_a, z_j> / tau`` to the candidates ``j``, a positive ``p(a)`` and a weight ``w_a``
@@ -16,13 +16,23 @@ mean) has
     dL/dz_a = (g / tau) sum_j C[a, j] z_j        dL/dz_j = (g / tau) sum_a C[a, j] z_a
 
 so a forward and backward pass need only three matrix products: ``S = Z_a Z^T`` and the two
-products with ``C``. :class:`ContrastiveFunction` walks the anchors in row blocks, computes the
-loss and, when a gradient is wanted, ``C`` of the block and its two products right away, while
-the block is still in cache. The full matrix, its softmax and its masks never exist at once:
-peak extra memory is one ``(block, K)`` tile plus the ``(K, D)`` gradient.
+products with ``C``. Two kernels use this:
 
-:func:`dense_rows` is the plain full-matrix version with autograd, kept as the reference and
-as the "naive" baseline of the benchmark.
+* :class:`SymmetricContrastiveFunction` (:func:`fused_symmetric`), one process: the
+  candidates are the anchors, ``S`` is symmetric, and only its square tiles ``I <= J`` are
+  computed. The forward accumulates each row's log-sum-exp; the backward applies the symmetric
+  ``Q = P + P^T`` tile by tile. About two GEMM-equivalents instead of three.
+* :class:`ContrastiveFunction` (:func:`fused_rows`), the gathered layout of
+  ``torch.distributed`` (M local anchors, K gathered candidates, not square): it walks the
+  anchors in row blocks and computes ``C`` of the block and its two products at once, while
+  the block is still in cache.
+
+Neither ever holds the full matrix, its softmax or its masks: peak extra memory is a tile or
+two plus a few ``(K, D)`` arrays. Every tile is shifted by its own row (or column) maxima and
+its exponents are floored at :data:`EXP_FLOOR`, so no float is subnormal and the speed does
+not depend on ``tau``. Second derivatives (``create_graph=True``) are exact: they go through
+autograd on :func:`dense_rows`, the plain full-matrix version, which is also the reference and
+the "naive" baseline of the benchmark.
 """
 
 from __future__ import annotations
