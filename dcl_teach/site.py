@@ -234,8 +234,8 @@ def api_page() -> str:
 
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 WIDGET_NOTE = (
-    "[Interactive sliders: they need a running kernel. Open this notebook in Colab or Binder "
-    "(the badges at the top of the page) to move them.]"
+    "[Interactive sliders: they need a running kernel.\n"
+    " Open this notebook in Colab or Binder (the badges at the top) to move them.]"
 )
 
 

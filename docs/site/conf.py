@@ -41,6 +41,8 @@ mathjax3_config = {
 # --- API reference
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
+# An undocumented override (autograd.Function.forward) would show PyTorch's own docstring.
+autodoc_inherit_docstrings = False
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
@@ -82,3 +84,6 @@ def _display_math_with_tag(app, doctree):
 
 def setup(app):
     app.connect("doctree-read", _display_math_with_tag)
+    # MathJax on every page, not only on those with equations: the sidebar's lesson titles
+    # carry maths too (notebook 03's q_B).
+    app.set_html_assets_policy("always")
