@@ -181,25 +181,33 @@ api
 """
 
 
+def _number(value, fmt: str) -> str:
+    """``value`` formatted, or "-" where the benchmark recorded none."""
+    return "-" if value is None else format(value, fmt)
+
+
 def _benchmark_table(report: dict) -> str:
-    machine = report["machine"]
+    machine = report.get("machine", {})
     head = (
-        f"**{report['loss']}**, forward + backward, D = {report['D']}, {report['dtype']}, "
-        f"tau = {report['tau']}, median of {report['repeats']} ({machine.get('cpu', '?')}, "
+        f"**{report.get('loss', '?')}**, forward + backward, D = {report.get('D', '?')}, "
+        f"{report.get('dtype', '?')}, tau = {report.get('tau', '?')}, median of "
+        f"{report.get('repeats', '?')} ({machine.get('cpu', '?')}, "
         f"{machine.get('torch_threads', '?')} threads, torch {machine.get('torch', '?')})"
     )
     rows = [
         "| N | variant | ms | x matmul floor | naive / this | peak extra MiB |",
         "|---" * 6 + "|",
     ]
-    for r in report["results"]:
+    for r in report.get("results", []):
         if r.get("failed"):
-            rows.append(f"| {r['N']} | {r['variant']} | failed | | | |")
+            rows.append(f"| {r.get('N')} | {r.get('variant')} | failed | | | |")
             continue
-        mem = "-" if r.get("peak_extra_MiB") is None else f"{r['peak_extra_MiB']:.1f}"
+        seconds = r.get("seconds")
         rows.append(
-            f"| {r['N']} | {r['variant']} | {1e3 * r['seconds']:.1f} | {r['vs_floor']:.2f} "
-            f"| {r['naive_vs_this']:.2f} | {mem} |"
+            f"| {r.get('N')} | {r.get('variant')} "
+            f"| {_number(None if seconds is None else 1e3 * seconds, '.1f')} "
+            f"| {_number(r.get('vs_floor'), '.2f')} | {_number(r.get('naive_vs_this'), '.2f')} "
+            f"| {_number(r.get('peak_extra_MiB'), '.1f')} |"
         )
     return head + "\n\n" + "\n".join(rows)
 
@@ -326,12 +334,18 @@ def build_site(root: Path = Path("."), out: Path = Path("build/site"), *, quiet:
     names = stage(root, src)
     log = cache / "sphinx.log"
     cache.mkdir(parents=True, exist_ok=True)
+    # myst-nb writes the images of executed notebooks into a fixed folder beside ``out``; with
+    # execution off it holds nothing the site needs. Removed afterwards unless it was there.
+    scratch = out.parent / "jupyter_execute"
+    scratch_was_there = scratch.exists()
     with open(log, "w", encoding="utf-8") as stream:
         app = Sphinx(
             str(src), str(src), str(out), str(doctrees), "html",
             status=stream if quiet else None, warning=stream, freshenv=False,
         )  # fmt: skip
         app.build()
+    if not scratch_was_there:
+        shutil.rmtree(scratch, ignore_errors=True)
     if app.statuscode:
         raise SiteError(f"Sphinx failed (status {app.statuscode}); log: {log}")
     localise_badges(out)
