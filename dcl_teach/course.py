@@ -31,6 +31,8 @@ from pathlib import Path
 
 import nbformat
 
+from dcl_teach.site import SiteError
+
 EDITIONS = ("student", "instructor")
 TAG_RE = re.compile(r"\\tag\{([^}]*)\}")
 
@@ -268,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out = args.out or "build/course"
     try:
         written = build(Path(args.source), Path(args.out), slides=not args.no_slides)
-    except (FileNotFoundError, CourseError) as err:
+    except (FileNotFoundError, CourseError, SiteError) as err:  # SiteError: no reveal.js/MathJax
         print(f"error: {err}", file=sys.stderr)
         return 2
     for name, paths in written.items():
