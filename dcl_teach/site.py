@@ -248,7 +248,8 @@ WIDGET_NOTE = (
 
 
 def lesson_notebook(path: Path) -> str:
-    """The notebook as its page shows it: committed outputs, a note in place of each widget.
+    """The notebook as its page shows it: committed outputs, a note in place of each widget,
+    and a link to the lesson's slides beside its Colab and Binder badges.
 
     A widget's saved output is only its text form (``interactive(children=(FloatLogSlider(...``),
     which tells a reader nothing on a static page; every other output is kept as committed.
@@ -257,6 +258,11 @@ def lesson_notebook(path: Path) -> str:
 
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
+        if "colab-badge" in cell.get("metadata", {}).get("tags", []):
+            cell.source = cell.source.rstrip() + (
+                f'\n<a class="slides-link" href="slides/{Path(path).stem}.slides.html">'
+                "Slides of this lesson</a>"
+            )
         for output in cell.get("outputs", []):
             if WIDGET_MIME in output.get("data", {}):
                 output["data"] = {"text/plain": WIDGET_NOTE}

@@ -147,6 +147,7 @@ def test_lesson_pages_carry_their_colab_and_binder_badges(built):
         hrefs = {a.get("href") for t, a in page if t == "a"}
         assert colab.colab_url(f"notebooks/{name}.ipynb") in hrefs, name
         assert colab.binder_url(f"notebooks/{name}.ipynb") in hrefs, name
+        assert f"slides/{name}.slides.html" in hrefs, f"{name}: no link to its slides"
         srcs = {a.get("src") for t, a in page if t == "img"}
         assert set(site.BADGES.values()) <= srcs, f"{name}: badge images not local: {srcs}"
 
