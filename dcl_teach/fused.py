@@ -178,9 +178,11 @@ def dense_grads(
     return grad_a, grad_c
 
 
-#: Side of the square tiles of the symmetric kernel: one 512 x 512 float32 tile (1 MiB) stays
-#: in a core's L2 cache through all the passes over it.
-SYMMETRIC_TILE = 512
+#: Side of the square tiles of the symmetric kernel: 2048 x 2048 holds DEFAULT_TILE_ENTRIES
+#: (16 MiB of float32). Smaller tiles stay in cache but multiply the number of operations, and
+#: each operation costs a synchronisation of the intra-op threads: with 512 x 512 tiles the
+#: kernel ran 3-4x slower on 2 threads of a busy machine, 10 % faster on an idle one.
+SYMMETRIC_TILE = 2048
 
 #: The symmetric kernel keeps the tiles of its forward pass for the backward pass (instead of
 #: recomputing them) when they hold at most this many entries, 32 MiB of float32: up to
@@ -311,8 +313,9 @@ def _tiled_backward(
 ) -> torch.Tensor:
     """``(P + P^T) Z`` (K, D) tile by tile, from the kept tiles or recomputing them."""
     k = z.shape[0]
-    buf = _take(b * b, z) if arena is None else None  # (b*b,)
-    q1, q2 = _take(b * b, z), _take(b * b, z)  # (b*b,) each
+    buf = _take(b * b, z) if arena is None else None  # (b*b,) recomputed tile
+    q1 = _take(b * b, z)  # (b*b,)
+    q2 = _take(b * b, z) if arena is not None else buf  # the kept tiles are read only
     grad = torch.zeros_like(z)  # (K, D)
     offset = 0
     for r0 in range(0, k, b):
@@ -332,7 +335,7 @@ def _tiled_backward(
             grad[r0:r1].addmm_(q, z[c0:c1])  # (bi, D)
             if c0 != r0:
                 grad[c0:c1].addmm_(q.t(), z[r0:r1])  # (bj, D)
-    _give(q1, q2, arena if arena is not None else buf)
+    _give(q1, q2, *([] if arena is None else [arena]))  # q2 is buf when recomputing
     return grad
 
 

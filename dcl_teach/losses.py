@@ -203,8 +203,11 @@ class _UnitRows(torch.autograd.Function):
     def backward(ctx, g):  # noqa: D102
         z, peaks = ctx.saved_tensors
         u, norm_y = _UnitRows._unit(z, peaks)  # (N, D), (N, 1) recomputed: O(N D)
-        radial = (g * u).sum(dim=1, keepdim=True)  # (N, 1) g . u
-        return (g - u * radial) / norm_y / peaks[:, None], None  # (N, D) over ||z||
+        radial = torch.linalg.vecdot(g, u)[:, None]  # (N, 1) g . u
+        scale = norm_y * peaks[:, None]  # (N, 1) ||z||
+        if torch.is_grad_enabled():  # create_graph=True: keep the formula differentiable
+            return (g - u * radial) / scale, None  # (N, D)
+        return u.mul_(radial).neg_().add_(g).div_(scale), None  # (N, D) in place: one buffer
 
 
 def vmf_weights_from_cosines(c: torch.Tensor, *, sigma: float) -> torch.Tensor:
