@@ -184,9 +184,9 @@ def dense_grads(
 #: kernel ran 3-4x slower on 2 threads of a busy machine, 10 % faster on an idle one.
 SYMMETRIC_TILE = 2048
 
-#: The symmetric kernel keeps the tiles of its forward pass for the backward pass (instead of
-#: recomputing them) when they hold at most this many entries, 32 MiB of float32: up to
-#: N = 1024 pairs with the default tile.
+#: With several tiles (smaller blocks than the default, or K > SYMMETRIC_TILE), the symmetric
+#: kernel keeps the tiles of its forward pass for the backward pass (instead of recomputing
+#: them) when they hold at most this many entries, 32 MiB of float32.
 CACHE_ENTRIES = 1 << 23
 
 
@@ -391,6 +391,9 @@ class SymmetricContrastiveFunction(torch.autograd.Function):
     That is two GEMM-equivalents per pass of half the matrix, about 2 K^2 D multiply-adds in
     all against 3 K^2 D for ``S``, ``C Z`` and ``C^T Z``. When the tiles fit in
     :data:`CACHE_ENTRIES` the forward keeps them and the backward does not recompute ``S``.
+    When the whole matrix is one tile (``K <= block_size``, N <= 1024 by default) the forward
+    keeps ``E = exp(S - rowmax)`` and the backward is ``D^-1 (E Z) + E^T (D^-1 Z)``: two GEMMs
+    and no pass over the tile.
     Double backward falls back to autograd through :func:`dense_rows`, as in
     :class:`ContrastiveFunction`.
 
