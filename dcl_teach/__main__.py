@@ -183,8 +183,8 @@ def _add_sweep_parser(sub) -> None:
                     help="train only these runs, e.g. dcl_bs64_seed0")  # fmt: skip
     sw.add_argument("--threads", type=int, default=None, metavar="N",
                     help="CPU threads for torch (default: 1 for digits on the CPU)")  # fmt: skip
+    _add_preset_flag(sw)
     add_config_flags(sw, exclude=("loss", "batch_size", "seed", "out_dir", "progress"))
-    sw.set_defaults(epochs=d.base.epochs)
 
 
 def _add_preset_flag(parser: argparse.ArgumentParser) -> None:
@@ -369,6 +369,8 @@ def _sweep(config: TrainConfig, args: argparse.Namespace, sub) -> int:
     from dcl_teach.sweep import SweepConfig, format_summary, run_sweep
 
     _set_threads(config, args.threads)
+    if "epochs" not in vars(args) and config.dataset == "digits":
+        config = dataclasses.replace(config, epochs=SweepConfig().base.epochs)  # 30, not 50
     try:
         sweep = SweepConfig(
             base=dataclasses.replace(config, progress=False),
@@ -376,7 +378,8 @@ def _sweep(config: TrainConfig, args: argparse.Namespace, sub) -> int:
             match_steps_of=args.match_steps_of, steps_batch_sizes=tuple(args.steps_batch_sizes),
             few_labels=args.few_labels, few_draws=args.few_draws, few_k=args.few_k,
         )  # fmt: skip
-        results = run_sweep(sweep, args.out_dir, only=args.only, command=" ".join(sys.argv))
+        command = " ".join(["python -m dcl_teach", *sys.argv[1:]])
+        results = run_sweep(sweep, args.out_dir, only=args.only, command=command)
     except ValueError as e:
         sub.error(str(e))
     print(format_summary(results))

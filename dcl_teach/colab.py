@@ -102,6 +102,16 @@ def repo_slug(repo_url: str = REPO_URL) -> str:
     return rest
 
 
+def raw_url(path: str, *, repo_url: str = REPO_URL, ref: str = BRANCH_OR_TAG) -> str:
+    """Address of one file of the repository at ``ref``, for a download without a clone.
+
+    Example:
+        >>> raw_url("results/digits-sweep/results.json", ref="v0.1.0")
+        'https://raw.githubusercontent.com/dcl-teach/dcl-teach/v0.1.0/results/digits-sweep/results.json'
+    """
+    return f"https://raw.githubusercontent.com/{repo_slug(repo_url)}/{ref}/{path}"
+
+
 def colab_url(notebook: str, *, repo_url: str = REPO_URL, ref: str = BRANCH_OR_TAG) -> str:
     """Colab's address for a notebook of the repository at a given ref.
 

@@ -445,18 +445,15 @@ def paired_gaps(
             if not diffs:
                 continue
             mean = statistics.fmean(diffs)
-            sd = statistics.stdev(diffs) if len(diffs) > 1 else math.nan
-            half = (
-                t_quantile(len(diffs) - 1) * sd / math.sqrt(len(diffs))
-                if len(diffs) > 1
-                else math.nan
-            )
-            out.append({
-                "arm": arm, "reference": ref, "batch_size": bs, "metric": metric,
-                "n": len(diffs), "diffs": diffs, "mean": mean, "sd": sd,
-                "ci_low": mean - half, "ci_high": mean + half,
-                "decided": bool(len(diffs) > 1 and (mean - half > 0 or mean + half < 0)),
-            })  # fmt: skip
+            row = {"arm": arm, "reference": ref, "batch_size": bs, "metric": metric,
+                   "n": len(diffs), "diffs": diffs, "mean": mean, "sd": None,
+                   "ci_low": None, "ci_high": None, "decided": False}  # fmt: skip
+            if len(diffs) > 1:  # one seed has no spread: no interval, nothing decided
+                sd = statistics.stdev(diffs)
+                half = t_quantile(len(diffs) - 1) * sd / math.sqrt(len(diffs))
+                row.update(sd=sd, ci_low=mean - half, ci_high=mean + half,
+                           decided=bool(mean - half > 0 or mean + half < 0))  # fmt: skip
+            out.append(row)
     return out
 
 
@@ -464,7 +461,8 @@ def write_results(results: dict[str, Any], out_dir: str | os.PathLike) -> None:
     """``results.json`` (everything), ``results.csv`` (a row per run), ``summary.csv``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / "results.json", (json.dumps(results, indent=2) + "\n").encode())
+    text = json.dumps(results, indent=2, allow_nan=False)  # strict JSON, readable anywhere
+    _atomic_write(out / "results.json", (text + "\n").encode())
     for name, rows in (("results.csv", results["runs"]), ("summary.csv", results["summary"])):
         buffer = io.StringIO()
         if rows:
@@ -474,21 +472,74 @@ def write_results(results: dict[str, Any], out_dir: str | os.PathLike) -> None:
         _atomic_write(out / name, buffer.getvalue().encode())
 
 
-def load_results(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a sweep's ``results.json`` (or the folder holding it), with a clear error if absent.
+COMMITTED_RESULTS = "results/digits-sweep"  # the sweep shipped with the repository
+
+
+def find_results(relative: str = COMMITTED_RESULTS) -> Path:
+    """The folder ``relative`` in the working directory or the nearest folder above it.
+
+    Notebooks run in ``notebooks/``, scripts in the repository root: both find the committed
+    results. Without a clone (e.g. on Colab) the returned path does not exist, and
+    :func:`load_results` downloads the file there.
+    """
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / relative).exists():
+            return folder / relative
+    return here / relative
+
+
+def load_results(
+    path: str | os.PathLike, *, url: str | None = None, timeout: float = 30.0
+) -> dict[str, Any]:
+    """Read a sweep's ``results.json`` (or the folder holding it); download it first if asked.
+
+    Args:
+        path: ``results.json`` or its folder.
+        url: where to fetch the file when it is missing (e.g.
+            ``dcl_teach.colab.raw_url("results/digits-sweep/results.json")``); the download is
+            written atomically and checked to be a sweep's results before it is kept.
+        timeout: seconds to wait for the server.
 
     Raises:
-        FileNotFoundError: no results there; the message says how to produce them.
+        FileNotFoundError: no results there (and no ``url``); the message says how to get them.
+        ConnectionError: the download failed (no network, wrong address).
+        ValueError: the file is not a sweep's results.
     """
     path = Path(path)
     file = path / "results.json" if path.suffix != ".json" else path
+    if not file.exists() and url is not None:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                payload = response.read()
+        except OSError as e:
+            raise ConnectionError(
+                f"could not download the sweep results from {url} ({e}); clone the "
+                f"repository, or produce them with `python -m dcl_teach sweep --out {file.parent}`"
+            ) from e
+        _check_results(json.loads(payload), url)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(file, payload)
     if not file.exists():
         raise FileNotFoundError(
             f"no sweep results at {file}: clone the repository (they are committed under "
-            "results/digits-sweep/) or produce them with `python -m dcl_teach sweep --out "
+            f"{COMMITTED_RESULTS}/) or produce them with `python -m dcl_teach sweep --out "
             f"{file.parent}`"
         )
-    return json.loads(file.read_text())
+    try:
+        results = json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{file} is not valid JSON ({e}); delete it and fetch it again") from e
+    return _check_results(results, file)
+
+
+def _check_results(results: Any, source: object) -> dict[str, Any]:
+    keys = ("provenance", "config", "baselines", "runs", "summary", "gaps")
+    if not isinstance(results, dict) or not all(k in results for k in keys):
+        raise ValueError(f"{source} does not hold a sweep's results (expected keys {keys})")
+    return results
 
 
 def format_summary(results: dict[str, Any], metric: str = "knn_few") -> str:
@@ -511,8 +562,118 @@ def format_summary(results: dict[str, Any], metric: str = "knn_few") -> str:
     for g in paired_gaps(results["runs"], metric):
         verdict = "decided" if g["decided"] else "not decided"
         pair = f"{g['arm']} - {g['reference']}"
+        interval = (
+            "[  1 seed: no interval ]"
+            if g["n"] < 2
+            else f"[{100 * g['ci_low']:+6.2f}, {100 * g['ci_high']:+6.2f}]"
+        )
         lines.append(
-            f"{pair:<28} B={g['batch_size']:<4} {100 * g['mean']:+6.2f} "
-            f"[{100 * g['ci_low']:+6.2f}, {100 * g['ci_high']:+6.2f}]  {verdict}"
+            f"{pair:<28} B={g['batch_size']:<4} {100 * g['mean']:+6.2f} {interval}  {verdict}"
         )
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- reading a sweep
+
+ARM_LABELS = {
+    "infonce": "InfoNCE (SimCLR)",
+    "dcl": "DCL",
+    "dclw": "DCLW",
+    "infonce_lrq": "InfoNCE, lr / mean q_B",
+    "infonce_steps": "InfoNCE, steps matched",
+    "dcl_steps": "DCL, steps matched",
+}
+
+
+def _cells(results: dict[str, Any]) -> dict[tuple[str, int], dict[str, Any]]:
+    return {(r["arm"], r["batch_size"]): r for r in results["summary"]}
+
+
+def plot_sweep(results: dict[str, Any], metric: str = "knn_few"):
+    """Figure: accuracy vs batch size with error bars, same-seed gaps, and q_B per setting.
+
+    Left: mean +/- sd over seeds of ``metric`` for every main arm, with the raw-pixel and
+    untrained-encoder baselines as horizontal lines; the y-axis spans from below the untrained
+    encoder to 100 %, so that differences are seen at their true scale. Middle: the same-seed
+    differences DCL - InfoNCE and DCL - (InfoNCE with lr / q_B), each seed a dot, the mean
+    with its 95 % t interval. Right: the mean q_B over training of each setting.
+
+    Returns:
+        A ``matplotlib.figure.Figure`` with three axes (no pyplot state is touched).
+
+    Taught in notebook 06.
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(14, 4), layout="constrained")
+    ax_acc, ax_gap, ax_q = fig.subplots(1, 3)
+    cells = _cells(results)
+    sizes = sorted({b for (_, b) in cells})
+    arms = [a for a in ("infonce", "dcl", "dclw", "infonce_lrq") if (a, sizes[0]) in cells]
+    for i, arm in enumerate(arms):
+        xs = [b for b in sizes if (arm, b) in cells]
+        ys = [100 * cells[arm, b][metric] for b in xs]
+        err = [100 * cells[arm, b][f"{metric}_sd"] for b in xs]
+        shifted = [x * 1.04 ** (i - 1.5) for x in xs]  # side by side, not on top of each other
+        ax_acc.errorbar(shifted, ys, yerr=err, marker="o", capsize=3, label=ARM_LABELS[arm])
+        ax_q.plot(xs, [cells[arm, b]["q_b_mean"] for b in xs], "o-", label=ARM_LABELS[arm])
+    base = results["baselines"]
+    for key, style in (("raw_pixels", ":"), ("untrained_encoder", "--")):
+        ax_acc.axhline(100 * base[key][metric], color="gray", ls=style,
+                       label=key.replace("_", " "))  # fmt: skip
+    low = min(100 * base["untrained_encoder"][metric], min(100 * r[metric] for r in cells.values()))
+    ax_acc.set_ylim(5 * math.floor(low / 5) - 5, 100)
+    for j, (arm, ref) in enumerate((("dcl", "infonce"), ("dcl", "infonce_lrq"))):
+        gaps = [g for g in paired_gaps(results["runs"], metric, ((arm, ref),))]
+        for g in gaps:
+            x = g["batch_size"] * 1.06 ** (2 * j - 1)
+            ax_gap.scatter([x] * g["n"], [100 * d for d in g["diffs"]], s=12,
+                           color=f"C{j}", alpha=0.5)  # fmt: skip
+        if gaps:
+            xs = [g["batch_size"] * 1.06 ** (2 * j - 1) for g in gaps]
+            ys = [100 * g["mean"] for g in gaps]
+            lo = [100 * (g["mean"] - g["ci_low"]) for g in gaps]
+            ax_gap.errorbar(xs, ys, yerr=lo, fmt="s", capsize=4, color=f"C{j}",
+                            label=f"{ARM_LABELS[arm]} - {ARM_LABELS[ref]}")  # fmt: skip
+    ax_gap.axhline(0, color="black", lw=0.8)
+    name = METRIC_NAMES[metric]
+    ax_acc.set(ylabel=f"{name} (%)", title=f"{name}, mean +/- sd over seeds")
+    ax_gap.set(ylabel="difference (points)", title="same-seed gaps, mean and 95 % interval")
+    ax_q.set(ylabel="mean $q_B$ during training", title="coupling factor $q_B$", ylim=(0, 1))
+    for ax in (ax_acc, ax_gap, ax_q):
+        ax.set_xscale("log")
+        ax.set_xticks(sizes, [str(s) for s in sizes])
+        ax.minorticks_off()
+        ax.set_xlabel("batch size B")
+        ax.grid(alpha=0.3)
+    ax_acc.legend(fontsize=7, loc="lower left")
+    ax_gap.legend(fontsize=7)
+    ax_q.legend(fontsize=7)
+    return fig
+
+
+def conclusions(results: dict[str, Any], metric: str = "knn_few") -> list[str]:
+    """Sentences that say what the sweep decides and what it does not, computed from the data.
+
+    Example:
+        >>> runs = [{"arm": a, "batch_size": 8, "seed": s, "knn_few": v}
+        ...         for a, vs in (("dcl", (0.90, 0.91, 0.92)), ("infonce", (0.85, 0.85, 0.86)))
+        ...         for s, v in enumerate(vs)]
+        >>> print(conclusions({"runs": runs})[0])
+        DCL - InfoNCE (SimCLR), B = 8: +5.7 points [95 % interval +4.2, +7.1] over 3 seeds: DCL is better (decided).
+    """
+    lines = []
+    for g in paired_gaps(results["runs"], metric):
+        a, r = ARM_LABELS[g["arm"]], ARM_LABELS[g["reference"]]
+        head = f"{a} - {r}, B = {g['batch_size']}: {100 * g['mean']:+.1f} points"
+        if g["n"] < 2:
+            lines.append(f"{head} from 1 seed: no interval, nothing decided.")
+            continue
+        ci = f"[95 % interval {100 * g['ci_low']:+.1f}, {100 * g['ci_high']:+.1f}]"
+        if g["decided"]:
+            better = a if g["mean"] > 0 else r
+            verdict = f"{better} is better (decided)"
+        else:
+            verdict = "the data do not decide"
+        lines.append(f"{head} {ci} over {g['n']} seeds: {verdict}.")
+    return lines

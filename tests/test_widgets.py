@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import matplotlib.pyplot as plt
 import pytest
@@ -252,10 +251,7 @@ def test_explore_qb_sliders_and_redraw():
     ctl = controls(w)
     assert {"tau", "batch size", "positive similarity", "negative similarity"} <= set(ctl)
     assert "geometry" not in ctl
-    start = time.perf_counter()
     ctl["batch size"].value = 8
-    elapsed = time.perf_counter() - start
-    assert elapsed < 2.0  # a generous sanity bound, not a benchmark
     assert w.result[:4] == b"\x89PNG"
     first = w.result
     ctl["tau"].value = 0.5
