@@ -195,7 +195,10 @@ def test_committed_sweep_covers_the_grid(committed):
             }
             assert seeds == set(config["seeds"]), (arm, bs)
     # The stored summary and gaps are what the stored runs give.
-    assert committed["summary"] == pytest.approx(sw.summarize_runs(committed["runs"]))
+    for stored, computed in zip(
+        committed["summary"], sw.summarize_runs(committed["runs"]), strict=True
+    ):
+        assert stored == pytest.approx(computed)
     assert [g["mean"] for g in committed["gaps"]] == pytest.approx(
         [g["mean"] for g in sw.paired_gaps(committed["runs"])]
     )
@@ -257,3 +260,29 @@ def test_find_results_walks_up_from_the_working_directory(tmp_path, monkeypatch)
     (tmp_path / "notebooks").mkdir()
     monkeypatch.chdir(tmp_path / "notebooks")
     assert sw.find_results() == tmp_path / "results" / "digits-sweep"
+
+
+def test_the_readme_shows_the_committed_sweep_and_its_claims_hold(committed):
+    readme = (COMMITTED.parents[1] / "README.md").read_text()
+    block = readme.split("<!-- sweep:start -->")[1].split("<!-- sweep:end -->")[0]
+    assert block.strip() == f"```text\n{sw.format_summary(committed)}\n```"
+    hours = committed["provenance"]["runs_wall_time_s"] / 3600
+    assert "add up to 2.8 h" in readme and round(hours, 1) == 2.8
+    gaps = {(g["arm"], g["reference"], g["batch_size"]): g for g in committed["gaps"]}
+
+    def decided_positive(arm, ref, b):
+        return gaps[arm, ref, b]["decided"] and gaps[arm, ref, b]["mean"] > 0
+
+    # "DCL beats InfoNCE at the small batch sizes, and the gap closes by B = 64"
+    assert all(decided_positive("dcl", "infonce", b) for b in (8, 16, 32))
+    assert not gaps["dcl", "infonce", 64]["decided"]
+    # "the learning-rate control does not close it at B = 16 and 32"
+    assert all(decided_positive("dcl", "infonce_lrq", b) for b in (16, 32))
+    # "with the steps matched, large batches recover most of their accuracy"
+    cells = {(r["arm"], r["batch_size"]): r["knn_few"] for r in committed["summary"]}
+    for loss in ("infonce", "dcl"):
+        lost = cells[loss, 8] - cells[loss, 256]
+        recovered = cells[f"{loss}_steps", 256] - cells[loss, 256]
+        assert recovered > lost / 2
+    # "22 intervals"
+    assert len(committed["gaps"]) == 22 and "With 22 intervals" in readme
