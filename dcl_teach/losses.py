@@ -2,18 +2,18 @@ r"""InfoNCE, DCL and DCLW: the contrastive losses of the course.
 
 Notation (the same in every notebook; the paper's symbols on the right):
 
-=========  ===========================================  ==========================
-symbol     meaning                                      Yeh et al. (2021)
-=========  ===========================================  ==========================
-``z1, z2``  the two views' embeddings, (N, D)           :math:`z_i^{(1)}, z_i^{(2)}`
+==========  ====================================================  =================================
+symbol      meaning                                               Yeh et al. (2021)
+==========  ====================================================  =================================
+``z1, z2``  the two views' embeddings, (N, D)                     :math:`z_i^{(1)}, z_i^{(2)}`
 ``z``       both views stacked, ``cat([z1, z2])``, (2N, D)
-``s``       similarities ``z z^T / tau``, (2N, 2N)      :math:`\langle z_i, z_j\rangle/\tau`
-``tau``     temperature                                 :math:`\tau`
+``s``       similarities ``z z^T / tau``, (2N, 2N)                :math:`\langle z_i, z_j\rangle/\tau`
+``tau``     temperature                                           :math:`\tau`
 ``p``       softmax weight of an entry in a row's denominator
-``q``       coupling factor, 1 - p of the positive      :math:`q_B` (Eq. 4)
-``w``       DCLW weight of a positive pair              :math:`w(z_i^{(1)}, z_i^{(2)})`
-``sigma``   width of the DCLW weighting                 :math:`\sigma`
-=========  ===========================================  ==========================
+``q``       coupling factor, 1 - p of the positive                :math:`q_B` (Eq. 4)
+``w``       DCLW weight of a positive pair                        :math:`w(z_i^{(1)}, z_i^{(2)})`
+``sigma``   width of the DCLW weighting                           :math:`\sigma`
+==========  ====================================================  =================================
 
 Each of the 2N anchors has one positive (the other view of the same image) and 2N - 2
 negatives (both views of every other image). The losses are averaged over all 2N anchors (the

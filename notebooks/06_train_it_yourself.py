@@ -80,7 +80,8 @@ SEED = 0
 torch.manual_seed(SEED)
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 if QUICK:
-    torch.set_num_threads(1)  # the digits CNN is too small to gain from more threads
+    # The digits CNN is too small to gain from more threads (DCL_TEACH_THREADS to change it).
+    torch.set_num_threads(int(os.environ.get("DCL_TEACH_THREADS", "1")))
     BASE = TrainConfig(dataset="digits", epochs=30, seed=SEED, progress=False)
     LIVE_BATCH = 16  # a small batch for 1,437 training images
     SWEEP = sweep.SweepConfig(base=dataclasses.replace(BASE, progress=False))
