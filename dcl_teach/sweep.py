@@ -40,7 +40,6 @@ import io
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -52,7 +51,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-import dcl_teach
+from dcl_teach.bench import machine_info
 from dcl_teach.data import ImageSet, load_dataset
 from dcl_teach.evaluate import (
     embed,
@@ -352,18 +351,11 @@ def _read_result(path: Path, spec: RunSpec) -> dict[str, Any] | None:
 
 def provenance(command: str | None, wall_time_s: float) -> dict[str, Any]:
     """Package and torch versions, the CPU (and GPU), threads, the command and the wall time."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            models = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
-        cpu = models[0] if models else cpu
-    except OSError:
-        pass
+    machine = machine_info("cuda" if torch.cuda.is_available() else "cpu")
     return {
-        "dcl_teach_version": dcl_teach.__version__, "torch_version": torch.__version__,
-        "python_version": platform.python_version(), "cpu": cpu, "cores": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "dcl_teach_version": machine["dcl_teach"], "torch_version": machine["torch"],
+        "python_version": machine["python"], "cpu": machine["cpu"], "cores": machine["cores"],
+        "threads": machine["torch_threads"], "gpu": machine.get("gpu"),
         "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY", "native"),
         "command": command if command is not None else " ".join(sys.argv),
         "wall_time_s": wall_time_s,

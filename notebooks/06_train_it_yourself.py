@@ -218,8 +218,8 @@ assert knn_predict(bank, bank_labels, query, num_classes=2, k=3, t=0.1).item() =
 # ### Few labels: where the difference shows
 #
 # With every training label in the memory bank, kNN on the digits is nearly saturated: raw
-# pixels alone score about 95 %, so every decent encoder lands within a point or two of the
-# others. Self-supervised features are meant to pay off when labels are scarce, so the
+# pixels alone come within a few points of the best encoder (the last column below), so every
+# decent encoder lands within a point or two of the others. Self-supervised features are meant to pay off when labels are scarce, so the
 # experiment below judges encoders mainly with **few labels**: `few_labels` = 5 labelled
 # images per class (50 in all), a kNN vote among their `few_k` = 10 nearest (never more
 # neighbours than the bank holds), averaged over 20 random draws of the labelled images. The

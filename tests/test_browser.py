@@ -18,6 +18,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from chromium import CHROMIUM, CHROMIUM_ARGS
 
 try:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
@@ -26,17 +27,8 @@ except ImportError:  # the test skips, saying so
     PlaywrightTimeout = sync_playwright = None
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
 NOTEBOOK_03 = ROOT / "notebooks" / "03_qb_batch_temperature.ipynb"
 ARTIFACTS = ROOT / "artifacts" / "browser"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 SLIDERS = ("tau", "batch size")
 NB = ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook"  # the notebook in the visible tab
 STDERR = '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'  # errors too

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import nbformat
 import pytest
+from chromium import CHROMIUM, CHROMIUM_ARGS
 
 from dcl_teach import colab, course, site
 
@@ -34,15 +35,6 @@ pytest.importorskip("myst_nb", reason="the site needs the [site] extra: pip inst
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = site.lessons(ROOT)
 NAMES = [p.stem for p in NOTEBOOKS]
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 ARTIFACTS = ROOT / "artifacts" / "site"
 PAGES = [*NAMES, "index", "teaching", "benchmarks", "references", "api"]
 

@@ -204,14 +204,17 @@ def test_committed_sweep_covers_the_grid(committed):
     )
 
 
-# Cross-machine tolerance for re-running a committed run (points of accuracy, and q_B). On
-# another CPU the kernels round differently and the training trajectory diverges, so a rerun
-# is a new draw of the same experiment: its scatter is bounded by the seed-to-seed spread of
-# the committed grid. REPRODUCE_ATOL is set from the measurement described in the README
-# (rerun under ATEN_CPU_CAPABILITY=default against the native results).
+# Cross-machine tolerance for re-running a committed run (accuracy as a fraction, and q_B). On
+# another CPU the kernels round differently and the training trajectory diverges, so a rerun is
+# a new draw of the same experiment. Measured: four committed runs (infonce/dcl at B = 64 seed 0
+# and B = 32 seed 1) re-run with today's code natively and under ATEN_CPU_CAPABILITY=default
+# differed from the committed values by at most 0.018 (few-label kNN), 0.015 (few-label probe),
+# 0.022 (kNN, all labels), 0.014 (probe, all labels) and 0.004 (mean q_B); the committed grid's
+# seed-to-seed sd is up to 0.016 for few-label kNN. The tolerances are about twice the measured
+# deviations: a rerun that misses them has changed the experiment, not its rounding.
 REPRODUCE_RUNS = ("infonce_bs64_seed0", "dcl_bs64_seed0")
-REPRODUCE_ATOL = {"knn_few": 0.03, "probe_few": 0.03, "knn_all": 0.02, "probe_all": 0.02,
-                  "q_b_mean": 0.03}  # fmt: skip
+REPRODUCE_ATOL = {"knn_few": 0.04, "probe_few": 0.03, "knn_all": 0.045, "probe_all": 0.03,
+                  "q_b_mean": 0.01}  # fmt: skip
 
 
 @pytest.mark.slow
