@@ -189,6 +189,11 @@ SYMMETRIC_TILE = 2048
 #: them) when they hold at most this many entries, 32 MiB of float32.
 CACHE_ENTRIES = 1 << 23
 
+#: The backward of the symmetric kernel derives ``P^T`` from ``P`` by a rank-one rescaling
+#: (one exponential per tile instead of two) when all row log-sum-exps lie within this
+#: distance: the scale factors stay within e^+-10, and floored entries stay normal floats.
+LSE_SPREAD = 20.0
+
 
 def _exclude_(s: torch.Tensor, r0: int, c0: int, n: int, decoupled: bool) -> torch.Tensor:
     """Fill the tile ``s = S[r0:, c0:]`` with ``-inf`` where ``S[a, a]`` (and ``S[a, p(a)]``).
@@ -209,13 +214,42 @@ def _exclude_(s: torch.Tensor, r0: int, c0: int, n: int, decoupled: bool) -> tor
     return s
 
 
-def _tile_logsumexp(s: torch.Tensor, dim: int, scratch: torch.Tensor) -> torch.Tensor:
+def _tile_logsumexp(
+    s: torch.Tensor, dim: int, scratch: torch.Tensor, keep: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``logsumexp`` of the tile along ``dim``, shifted by the tile's own maxima, without
-    subnormals; rows (or columns) that are all ``-inf`` give the float's lowest value."""
+    subnormals; rows (or columns) that are all ``-inf`` give the float's lowest value. With
+    ``keep``, also the shifted exponentials (in ``scratch``) and the maxima."""
     low = torch.finfo(s.dtype).min
     m = s.amax(dim=dim, keepdim=True).clamp_min_(low)  # (b, 1) or (1, c) finite
     e = _exp_floored_(torch.sub(s, m, out=scratch))  # same shape as s, in [e^-64, 1]
-    return e.sum(dim=dim).log_().add_(m.squeeze(dim))  # (b,) or (c,)
+    lse = e.sum(dim=dim).log_().add_(m.squeeze(dim))  # (b,) or (c,)
+    return (lse, e, m) if keep else lse
+
+
+def _columns_from_rows(e: torch.Tensor, m: torch.Tensor) -> torch.Tensor | None:
+    """Column ``logsumexp`` of a tile from its row-shifted exponentials ``e = exp(s - m)``
+    (floored), by one matrix-vector product with the weights ``exp(m - max m)``; ``None``
+    when that would not be exact (the caller then makes the column pass).
+
+    Exact when the row maxima lie within :data:`LSE_SPREAD` (weights >= e^-20, so every
+    product stays a normal float) and every column sum is at least e^-20 (a column's floored
+    entries, at most ``b e^-64``, are then below 1e-15 of its sum). The two tests read values
+    on the host, so the caller uses this on the CPU only.
+    """
+    lo, hi = torch.aminmax(m)
+    if float(hi - lo) > LSE_SPREAD:
+        return None
+    w = (m.squeeze(1) - hi).exp_()  # (b,) in [e^-20, 1]
+    sums = torch.mv(e.t(), w)  # (c,) sum_a exp(s[a, c] - max m)
+    if float(sums.min()) < _MIN_COLUMN_SUM:
+        return None
+    return sums.log_().add_(hi)  # (c,)
+
+
+#: Smallest column sum (relative to the tile's largest row maximum) for which
+#: :func:`_columns_from_rows` is exact.
+_MIN_COLUMN_SUM = 2.0e-9  # e^-20
 
 
 def _similarities(
@@ -270,6 +304,11 @@ def release_workspace() -> None:
     _workspace.free = []
 
 
+def _tile_entries(k: int, b: int) -> int:
+    """Entries of the tiles I <= J of a (K, K) matrix in square blocks of side ``b``."""
+    return sum(min(b, k - r0) * (k - r0) for r0 in range(0, k, b))
+
+
 def _tiled_forward(
     z: torch.Tensor, inv_tau: float, n: int, b: int, decoupled: bool, need_grad: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -277,7 +316,7 @@ def _tiled_forward(
     fit in :data:`CACHE_ENTRIES` and a gradient is wanted, the tiles (one flat buffer)."""
     k = 2 * n
     starts = range(0, k, b)
-    tile_entries = sum(min(b, k - r0) * (k - r0) for r0 in starts)
+    tile_entries = _tile_entries(k, b)
     cached = need_grad and tile_entries <= CACHE_ENTRIES
     arena = _take(tile_entries if cached else b * b, z)  # the kept tiles, or one tile reused
     scratch = _take(b * b, z)  # (b*b,)
@@ -291,10 +330,14 @@ def _tiled_forward(
             offset += tile.numel() if cached else 0
             s = _similarities(z, r0, r1, c0, c1, inv_tau, out=tile)  # (bi, bj) S[I, J]
             _exclude_(s, r0, c0, n, decoupled)
-            row = _tile_logsumexp(s, 1, _flat(scratch, r1 - r0, c1 - c0))  # (bi,)
+            work = _flat(scratch, r1 - r0, c1 - c0)  # (bi, bj)
+            row, e, m = _tile_logsumexp(s, 1, work, keep=True)  # (bi,), (bi, bj), (bi, 1)
             torch.logaddexp(lse[r0:r1], row, out=lse[r0:r1])
             if c0 != r0:  # the same tile, read by columns, serves the rows of J
-                col = _tile_logsumexp(s, 0, _flat(scratch, r1 - r0, c1 - c0))  # (bj,)
+                # from the row pass's exponentials when exact: no second pass over the tile
+                col = _columns_from_rows(e, m) if z.device.type == "cpu" else None
+                if col is None:
+                    col = _tile_logsumexp(s, 0, work)  # (bj,)
                 torch.logaddexp(lse[c0:c1], col, out=lse[c0:c1])
     _give(scratch)
     if not cached:
@@ -317,21 +360,50 @@ def _tiled_backward(
     q1 = _take(b * b, z)  # (b*b,)
     q2 = _take(b * b, z) if arena is not None else buf  # the kept tiles are read only
     grad = torch.zeros_like(z)  # (K, D)
+    # When the row log-sum-exps lie within LSE_SPREAD of each other, P[J, I]^T is P[I, J]
+    # scaled by exp(lse_I - lse_J), a rank-one factor: one exp pass per tile instead of two.
+    # Floored entries (e^-64) then stay >= e^-(64 + LSE_SPREAD), normal floats. The test reads
+    # the spread on the host, so only on the CPU, where that costs no device synchronisation.
+    up = down = None
+    if z.device.type == "cpu" and k > 0:
+        lo, hi = torch.aminmax(lse)
+        if float(hi - lo) <= LSE_SPREAD:
+            mid = (lo + hi) / 2
+            up = (lse - mid).exp_()  # (K,) exp(lse - mid) in [e^-10, e^10]
+            down = (mid - lse).exp_()  # (K,)
+    # Recomputed tiles come out of the GEMM already shifted, s - lse_I, from one extra column:
+    # [z / tau, -lse_a] . [z_b, 1] (a pass over the tile less than subtracting afterwards).
+    # Only when the forward never keeps the tiles: a second backward, which recomputes them,
+    # must give the same bits as the first.
+    shifted = up is not None and _tile_entries(k, b) > CACHE_ENTRIES
+    if shifted:
+        zv = torch.cat([z, torch.ones_like(lse)[:, None]], dim=1)  # (K, D + 1)
     offset = 0
     for r0 in range(0, k, b):
         r1 = min(r0 + b, k)
+        if shifted:  # (bi, D + 1) the rows of this block only, to keep memory down
+            zu = torch.cat([z[r0:r1] * inv_tau, -lse[r0:r1, None]], dim=1)
         for c0 in range(r0, k, b):
             c1 = min(c0 + b, k)
-            if arena is not None:  # kept by the forward pass, read only
+            if shifted:
+                q = torch.mm(zu, zv[c0:c1].t(), out=_flat(q1, r1 - r0, c1 - c0))
+                _exclude_(q, r0, c0, k // 2, decoupled)  # (bi, bj) s - lse_I
+            elif arena is not None:  # kept by the forward pass, read only
                 s = _flat(arena, r1 - r0, c1 - c0, offset)  # (bi, bj)
                 offset += s.numel()
             else:
                 s = _similarities(z, r0, r1, c0, c1, inv_tau, out=_flat(buf, r1 - r0, c1 - c0))
                 _exclude_(s, r0, c0, k // 2, decoupled)
             # Q[I, J] = P[I, J] + P[J, I]^T = exp(s - lse_I) + exp(s - lse_J^T)
-            q = torch.sub(s, lse[r0:r1, None], out=_flat(q1, r1 - r0, c1 - c0))
-            p_t = torch.sub(s, lse[None, c0:c1], out=_flat(q2, r1 - r0, c1 - c0))
-            q = _exp_floored_(q).add_(_exp_floored_(p_t))  # (bi, bj)
+            if not shifted:
+                q = torch.sub(s, lse[r0:r1, None], out=_flat(q1, r1 - r0, c1 - c0))
+            if up is not None:  # P[J, I]^T = P[I, J] exp(lse_I) exp(-lse_J), without an exp
+                q = _exp_floored_(q)  # (bi, bj) P[I, J]
+                p_t = torch.mul(q, up[r0:r1, None], out=_flat(q2, r1 - r0, c1 - c0))
+                q.addcmul_(p_t, down[None, c0:c1])  # (bi, bj)
+            else:
+                p_t = torch.sub(s, lse[None, c0:c1], out=_flat(q2, r1 - r0, c1 - c0))
+                q = _exp_floored_(q).add_(_exp_floored_(p_t))  # (bi, bj)
             grad[r0:r1].addmm_(q, z[c0:c1])  # (bi, D)
             if c0 != r0:
                 grad[c0:c1].addmm_(q.t(), z[r0:r1])  # (bj, D)
@@ -382,11 +454,14 @@ class SymmetricContrastiveFunction(torch.autograd.Function):
     the rows of ``I`` and (transposed) the rows of ``J``:
 
     * forward: the log-sum-exp ``lse_a`` of every row, accumulated tile by tile (each tile
-      shifted by its own row and column maxima, so nothing is subnormal at any tau);
+      shifted by its own row and column maxima, so nothing is subnormal at any tau; on the
+      CPU, when a tile's row maxima lie close, its column sums come from the row pass's
+      exponentials by one matrix-vector product, see :func:`_columns_from_rows`);
     * backward: with ``P[a, b] = exp(s[a, b] - lse_a)``, the gradient is
       ``(g / tau) ((P + P^T) Z - (w_a + w_{p(a)}) z_{p(a)})``, and ``Q = P + P^T`` is
       symmetric, so each tile of ``Q`` gives ``Q[I, J] Z[J]`` to rows ``I`` and
-      ``Q[I, J]^T Z[I]`` to rows ``J``.
+      ``Q[I, J]^T Z[I]`` to rows ``J`` (on the CPU, when all ``lse_a`` lie within
+      :data:`LSE_SPREAD`, ``P[J, I]^T`` is ``P[I, J]`` rescaled, without a second exp).
 
     That is two GEMM-equivalents per pass of half the matrix, about 2 K^2 D multiply-adds in
     all against 3 K^2 D for ``S``, ``C Z`` and ``C^T Z``. When the tiles fit in
