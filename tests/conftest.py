@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.jupyter_ipc import IPC
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # JupyterLab settings for a test server: every cell stays in the page (no virtual scrolling,
@@ -105,6 +107,8 @@ def jupyter_lab(tmp_path_factory) -> Iterator[Callable[[Path], LabServer]]:
             f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root_dir}",
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
         ]  # fmt: skip
+        if IPC:  # kernels on Unix sockets: no TCP port to lose to a concurrent start
+            cmd += ["--KernelManager.transport=ipc", f"--KernelManager.ip={home / 'kernel'}"]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             cmd.append("--allow-root")  # CI runs as root
         with log.open("wb") as out:

@@ -9,6 +9,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
 from dcl_teach import course
+from tests.jupyter_ipc import AsyncIpcKernelManager
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -35,12 +36,13 @@ def _execute(path: Path):
             timeout=180,
             startup_timeout=120,
             kernel_name="python3",
+            kernel_manager_class=AsyncIpcKernelManager,
             resources={"metadata": {"path": str(ROOT / "notebooks")}},
         )
         try:
             client.execute()
             return nb
-        except (CellTimeoutError, DeadKernelError, TimeoutError):
+        except (CellTimeoutError, DeadKernelError, TimeoutError, RuntimeError):
             if attempt == 2:
                 raise
 
