@@ -1,19 +1,21 @@
 r"""The coupling factor q_B and the closed-form gradients of InfoNCE, DCL and DCLW.
 
-For anchor ``a`` (row ``a`` of ``z = cat([z1, z2])``) with positive ``p = p(a)``, let
-``U_a = sum_{j != a, p} exp(s[a, j])`` be the sum over its 2N - 2 negatives (Eq. 2 of Yeh et al.)
-and ``pn[a, j] = exp(s[a, j]) / U_a`` the softmax over the negatives alone. Every loss of the
-course gives the same three gradient terms (Proposition 1 and Eq. 3 of Yeh et al. for InfoNCE):
+For anchor ``a`` (row ``a`` of ``z = cat([z1, z2])``) with positive ``pos(a)``, let
+``U_a = sum_{j != a, pos(a)} exp(s[a, j])`` be the sum over its 2N - 2 negatives (Eq. 2 of Yeh
+et al.) and ``pn[a, j] = exp(s[a, j]) / U_a`` the softmax over the negatives alone. Every loss of
+the course gives the same three gradient terms (Proposition 1 and Eq. 3 of Yeh et al. for
+InfoNCE):
 
-    dL_a/dz_a = -(alpha_a / tau) z_p + (beta_a / tau) sum_j pn[a, j] z_j     (anchor)
-    dL_a/dz_p = -(alpha_a / tau) z_a                                          (positive)
-    dL_a/dz_j =  (beta_a / tau) pn[a, j] z_a                                  (negative j)
+    dL_a/dz_a      = -(alpha_a / tau) z_pos(a) + (beta_a / tau) sum_j pn[a, j] z_j   (anchor)
+    dL_a/dz_pos(a) = -(alpha_a / tau) z_a                                          (positive)
+    dL_a/dz_j      =  (beta_a / tau) pn[a, j] z_a                                  (negative j)
 
 with ``(alpha, beta) = (q, q)`` for InfoNCE, ``(1, 1)`` for DCL and ``(w, 1)`` for DCLW. InfoNCE
-carries the coupling factor ``q_a = U_a / (exp(s[a, p]) + U_a)`` (Eq. 4) on every term; DCL is
-the same gradient with that factor removed. The functions here take embeddings that are already
-on the unit sphere (the losses with ``normalize=False``) and return the gradient of the mean
-over the 2N anchors.
+carries the coupling factor ``q_a = U_a / (exp(s[a, pos(a)]) + U_a)`` (Eq. 4) on every term; DCL
+is the same gradient with that factor removed. The functions here take embeddings that are
+already on the unit sphere (the losses with ``normalize=False``) and return the gradient of the
+mean over the 2N anchors. These are gradients with respect to the unit rows: an encoder whose
+outputs the loss normalises feels only their tangential part (:func:`project_tangent`).
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ from dcl_teach.masks import negative_mask, positive_index
 
 
 def _similarities(z1: torch.Tensor, z2: torch.Tensor, tau: float):
-    n = z1.shape[0]
-    z = torch.cat([z1, z2])  # (2N, D)
-    s = z @ z.t() / tau  # (2N, 2N)
+    # Works on one batch (N, D) or a stack of batches (B, N, D): every index is on the last axes.
+    n = z1.shape[-2]
+    z = torch.cat([z1, z2], dim=-2)  # (..., 2N, D)
+    s = z @ z.transpose(-1, -2) / tau  # (..., 2N, 2N)
     pos = positive_index(n, device=z.device)  # (2N,)
-    s_pos = s.gather(1, pos[:, None]).squeeze(1)  # (2N,)
-    s_neg = s.masked_fill(~negative_mask(n, device=z.device), float("-inf"))  # (2N, 2N)
+    s_pos = s[..., torch.arange(2 * n, device=z.device), pos]  # (..., 2N)
+    s_neg = s.masked_fill(~negative_mask(n, device=z.device), float("-inf"))  # (..., 2N, 2N)
     return z, pos, s_pos, s_neg
 
 
@@ -39,7 +42,8 @@ def coupling(
 ) -> torch.Tensor:
     r"""The coupling factor q_B of every anchor, Eq. (2.4) of the course; Eq. (4) of Yeh et al. (2021).
 
-    .. math:: q_a = 1 - \frac{e^{s_{a,p}}}{e^{s_{a,p}} + U_a} = \frac{U_a}{e^{s_{a,p}} + U_a}
+    .. math:: q_a = 1 - \frac{e^{s_{a,\mathrm{pos}(a)}}}{e^{s_{a,\mathrm{pos}(a)}} + U_a}
+              = \frac{U_a}{e^{s_{a,\mathrm{pos}(a)}} + U_a}
 
     One minus the softmax weight of the positive in the InfoNCE denominator. It multiplies
     every term of the InfoNCE gradient; near 0 (an easy positive, or only easy negatives) the
@@ -141,6 +145,85 @@ def dcl_grad(z1: torch.Tensor, z2: torch.Tensor, *, tau: float = 0.1):
     tau = _check(z1, z2, tau)
     ones = torch.ones(2 * z1.shape[0], dtype=z1.dtype, device=z1.device)  # (2N,)
     return _grad(z1, z2, tau=tau, alpha=ones, beta=ones)
+
+
+def project_tangent(g: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    r"""The part of each row of ``g`` tangent to the sphere at the matching unit row of ``z``.
+
+    .. math:: g_\perp = (I - z z^\top)\, g = g - \langle g, z \rangle\, z
+
+    When the loss normalises the encoder's output ``r`` (``z = r / |r|``), the gradient that
+    reaches ``r`` is ``project_tangent(g, z) / |r|``: the radial part of ``g`` (along ``z``)
+    only changes the length of ``r``, which the normalisation throws away.
+
+    Args:
+        g: (..., D) gradients with respect to the unit rows.
+        z: (..., D) the unit rows, same shape.
+
+    Returns:
+        (..., D) the tangential part of ``g``, orthogonal to ``z`` row by row.
+
+    Raises:
+        ValueError: for shapes that differ.
+
+    Example:
+        >>> z = torch.tensor([[1.0, 0.0]])
+        >>> project_tangent(torch.tensor([[3.0, 4.0]]), z).tolist()  # the radial 3 goes
+        [[0.0, 4.0]]
+
+    Taught in notebook 02.
+    """
+    if g.shape != z.shape:
+        raise ValueError(
+            f"g and z must have the same shape, got {tuple(g.shape)} and {tuple(z.shape)}"
+        )
+    return g - (g * z).sum(dim=-1, keepdim=True) * z  # (..., D)
+
+
+def anchor_gradient(
+    z1: torch.Tensor, z2: torch.Tensor, *, tau: float = 0.1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""q_B and the anchor term of DCL's gradient for every anchor, Eqs. (2.4), (2.5) and (4.2).
+
+    .. math:: \frac{\partial L^{\mathrm{DCL}}_a}{\partial z_a}
+              = \frac{1}{\tau}\Big(-z_{\mathrm{pos}(a)} + \sum_{j} p^-_{a,j} z_j\Big),
+              \qquad \frac{\partial L^{\mathrm{InfoNCE}}_a}{\partial z_a}
+              = q_a \frac{\partial L^{\mathrm{DCL}}_a}{\partial z_a}
+
+    the gradient of anchor ``a``'s own loss with respect to the (unit) anchor embedding.
+    Proposition 1 of Yeh et al. (2021): InfoNCE's anchor term is q_a times it.
+
+    Args:
+        z1: (N, D) or (B, N, D) first view, unit rows.
+        z2: same shape, second view, unit rows.
+        tau: temperature, > 0.
+
+    Returns:
+        ``(q, g)``: (..., 2N) coupling factors and (..., 2N, D) anchor terms, anchors in the
+        order of ``cat([z1, z2], dim=-2)``, in the dtype of the input.
+
+    Raises:
+        ValueError: for N < 2, mismatched shapes or tau <= 0.
+
+    Example:
+        >>> z = torch.ones(3, 2) / 2**0.5  # everything alike: q = 4/5, and nothing to pull
+        >>> q, g = anchor_gradient(z, z, tau=0.1)
+        >>> round(q[0].item(), 4), round(g[0].norm().item(), 4)
+        (0.8, 0.0)
+
+    Taught in notebook 03.
+    """
+    tau = check_positive("tau", tau)
+    if z1.shape != z2.shape or z1.dim() not in (2, 3) or z1.shape[-2] < 2:
+        raise ValueError(
+            f"z1 and z2 must both be (N, D) or (B, N, D) with N >= 2, got {tuple(z1.shape)} "
+            f"and {tuple(z2.shape)}"
+        )
+    z, pos, s_pos, s_neg = _similarities(z1, z2, tau)
+    q = torch.sigmoid(s_neg.logsumexp(dim=-1) - s_pos)  # (..., 2N) U / (e^pos + U), Eq. (2.4)
+    pn = torch.softmax(s_neg, dim=-1)  # (..., 2N, 2N) softmax over the negatives alone
+    g = (pn @ z - z[..., pos, :]) / tau  # (..., 2N, D) Eq. (2.5) without q_a
+    return q, g
 
 
 def vmf_weights(z1: torch.Tensor, z2: torch.Tensor, *, sigma: float = 0.5) -> torch.Tensor:

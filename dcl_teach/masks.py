@@ -1,8 +1,8 @@
 """Where the positives and negatives sit in the 2N x 2N similarity matrix.
 
 Masking is where contrastive losses break, so it lives here, once. With the views stacked as
-``z = cat([z1, z2])`` (2N rows), anchor ``a`` has its positive at ``(a + N) mod 2N``; every row
-but ``a`` itself and that positive is a negative (same-view and cross-view alike).
+``z = cat([z1, z2])`` (2N rows), anchor ``a`` has its positive at ``pos(a) = (a + N) mod 2N``;
+every row but ``a`` itself and ``pos(a)`` is a negative (same-view and cross-view alike).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 
 
 def positive_index(n: int, *, device: torch.device | str | None = None) -> torch.Tensor:
-    """Index of each anchor's positive in the stacked batch ``z = cat([z1, z2])``.
+    """Index ``pos(a)`` of each anchor's positive in the stacked batch ``z = cat([z1, z2])``.
 
     Args:
         n: N, the number of pairs.

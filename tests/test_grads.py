@@ -3,7 +3,15 @@ import torch
 import torch.nn.functional as F
 from reference import loop_coupling
 
-from dcl_teach.grads import coupling, dcl_grad, dclw_grad, info_nce_grad, vmf_weights
+from dcl_teach.grads import (
+    anchor_gradient,
+    coupling,
+    dcl_grad,
+    dclw_grad,
+    info_nce_grad,
+    project_tangent,
+    vmf_weights,
+)
 from dcl_teach.losses import dcl, dclw, info_nce
 
 GRADS = [(info_nce, info_nce_grad, {}), (dcl, dcl_grad, {}), (dclw, dclw_grad, {"sigma": 0.4})]
@@ -96,3 +104,50 @@ def test_bad_input():
         info_nce_grad(torch.randn(3, 3), torch.randn(3, 3), tau=0.0)
     with pytest.raises(ValueError, match="sigma"):
         vmf_weights(torch.randn(3, 3), torch.randn(3, 3), sigma=-1)
+
+
+@pytest.mark.parametrize("n,d,tau", [(2, 2, 1.0), (5, 4, 0.1), (9, 8, 0.3)])
+def test_anchor_gradient_is_each_anchors_own_gradient(n, d, tau):
+    """Row a of anchor_gradient is d L_a^DCL / d z_a by autograd; q_a times it is InfoNCE's."""
+    z1, z2 = unit_views(n, d, seed=n + d)
+    q, g = anchor_gradient(z1, z2, tau=tau)
+    torch.testing.assert_close(q, coupling(z1, z2, tau=tau), rtol=1e-12, atol=1e-14)
+    z = torch.cat([z1, z2]).requires_grad_()
+    per_dcl = dcl(z[:n], z[n:], tau=tau, normalize=False, reduction="none")
+    per_info = info_nce(z[:n], z[n:], tau=tau, normalize=False, reduction="none")
+    for a in range(2 * n):
+        (g_dcl,) = torch.autograd.grad(per_dcl[a], z, retain_graph=True)
+        (g_info,) = torch.autograd.grad(per_info[a], z, retain_graph=True)
+        torch.testing.assert_close(g[a], g_dcl[a], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(q[a] * g[a], g_info[a], rtol=1e-10, atol=1e-12)
+
+
+def test_anchor_gradient_batched_equals_one_batch_at_a_time():
+    z1 = F.normalize(torch.randn(3, 6, 4, generator=torch.Generator().manual_seed(1)), dim=-1)
+    z2 = F.normalize(torch.randn(3, 6, 4, generator=torch.Generator().manual_seed(2)), dim=-1)
+    q, g = anchor_gradient(z1, z2, tau=0.2)
+    assert q.shape == (3, 12) and g.shape == (3, 12, 4)
+    for b in range(3):
+        qb, gb = anchor_gradient(z1[b], z2[b], tau=0.2)
+        torch.testing.assert_close(q[b], qb)
+        torch.testing.assert_close(g[b], gb)
+
+
+def test_project_tangent_matches_the_normalisation_jacobian():
+    """(I - z z^T) g is what autograd sends through z = r / |r| at |r| = 1."""
+    g = torch.Generator().manual_seed(3)
+    r = F.normalize(torch.randn(5, 4, generator=g, dtype=torch.float64), dim=1).requires_grad_()
+    upstream = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    (through,) = torch.autograd.grad((F.normalize(r, dim=1) * upstream).sum(), r)
+    torch.testing.assert_close(project_tangent(upstream, r.detach()), through)
+    with pytest.raises(ValueError, match="same shape"):
+        project_tangent(upstream, r.detach()[:, :3])
+
+
+def test_anchor_gradient_bad_input():
+    with pytest.raises(ValueError, match="N >= 2"):
+        anchor_gradient(torch.randn(1, 3), torch.randn(1, 3))
+    with pytest.raises(ValueError, match="N >= 2"):
+        anchor_gradient(torch.randn(4, 3), torch.randn(5, 3))
+    with pytest.raises(ValueError, match="tau"):
+        anchor_gradient(torch.randn(4, 3), torch.randn(4, 3), tau=-0.1)
