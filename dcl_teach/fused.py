@@ -1,16 +1,16 @@
 """The kernels behind InfoNCE, DCL and DCLW: tiles, analytic gradient, no 2N x 2N matrix.
 
 Every loss of the course has the same shape. For anchor ``a`` with similarities
-``s[a, j] = <z_a, z_j> / tau`` to the candidates ``j``, a positive ``p(a)`` and a weight ``w_a``
+``s[a, j] = <z_a, z_j> / tau`` to the candidates ``j``, a positive ``pos(a)`` and a weight ``w_a``
 on the positive term,
 
-    L_a = -w_a * s[a, p(a)] + logsumexp_{j in D(a)} s[a, j]
+    L_a = -w_a * s[a, pos(a)] + logsumexp_{j in D(a)} s[a, j]
 
 where the denominator set ``D(a)`` is every candidate but the anchor itself (InfoNCE) or every
 candidate but the anchor and its positive (DCL, DCLW). InfoNCE and DCL have ``w_a = 1``.
 
 Its gradient has a closed form. With ``P[a, j]`` the softmax of row ``a`` over ``D(a)`` and
-``C[a, j] = P[a, j] - w_a [j = p(a)]``, the loss ``L = g * sum_a L_a`` (``g = 1 / M`` for the
+``C[a, j] = P[a, j] - w_a [j = pos(a)]``, the loss ``L = g * sum_a L_a`` (``g = 1 / M`` for the
 mean) has
 
     dL/dz_a = (g / tau) sum_j C[a, j] z_j        dL/dz_j = (g / tau) sum_a C[a, j] z_a
@@ -25,7 +25,9 @@ products with ``C``. Two kernels use this:
 * :class:`ContrastiveFunction` (:func:`fused_rows`), the gathered layout of
   ``torch.distributed`` (M local anchors, K gathered candidates, not square): it walks the
   anchors in row blocks and computes ``C`` of the block and its two products at once, while
-  the block is still in cache.
+  the block is still in cache. It also serves extra negatives (a memory queue, notebook 08):
+  ``X`` more columns that join every anchor's denominator ``D(a)``, hold no positive and are
+  constants, so no gradient is computed for them.
 
 Neither ever holds the full matrix, its softmax or its masks: peak extra memory is a tile or
 two plus a few ``(K, D)`` arrays. Every tile is shifted by its own row (or column) maxima and
@@ -74,11 +76,14 @@ def default_block_size(num_candidates: int) -> int:
 class ContrastiveFunction(torch.autograd.Function):
     """Blockwise contrastive loss with its analytic gradient (see the module docstring).
 
-    ``apply(za, zc, rows, weights, tau, decoupled, block_size, scale)`` with ``za`` (M, D) the
-    anchors, ``zc`` (K, D) all candidates (the stacked two views, possibly gathered from every
-    rank), ``rows`` (M,) the index of each anchor inside ``zc`` (its positive sits at
-    ``(rows + K/2) mod K``), ``weights`` (M,) the weight ``w_a`` of each positive term, and
-    ``scale`` the reduction factor ``g``. Returns the scalar ``g * sum_a L_a``.
+    ``apply(za, zc, rows, weights, tau, decoupled, block_size, scale[, negatives])`` with ``za``
+    (M, D) the anchors, ``zc`` (K, D) all candidates (the stacked two views, possibly gathered
+    from every rank), ``rows`` (M,) the index of each anchor inside ``zc`` (its positive sits at
+    ``(rows + K/2) mod K``), ``weights`` (M,) the weight ``w_a`` of each positive term,
+    ``scale`` the reduction factor ``g``, and ``negatives`` (X, D) or ``None`` extra candidates
+    that every anchor sees as negatives (columns ``K .. K + X - 1`` of the tile). Returns the
+    scalar ``g * sum_a L_a``. The extra negatives are constants: ``backward`` returns no
+    gradient for them (pass them detached; :func:`fused_rows` does).
 
     The gradient is computed during the forward pass, block by block, whenever autograd will
     need it; ``backward`` only multiplies it by the incoming scalar. When a differentiable
@@ -90,26 +95,28 @@ class ContrastiveFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, za, zc, rows, weights, tau, decoupled, block_size, scale):  # noqa: D102
+    def forward(ctx, za, zc, rows, weights, tau, decoupled, block_size, scale, negatives=None):  # noqa: D102
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         m, k = za.shape[0], zc.shape[0]
         inv_tau = 1.0 / tau
         za_s = za * inv_tau  # (M, D) 1/tau folded into the anchors: S comes out of one GEMM
-        zc_t = zc.t()  # (D, K)
+        # extra negatives are more columns after the K batch candidates; no positive among them
+        z_all = zc if negatives is None else torch.cat([zc, negatives])  # (K + X, D)
+        zc_t = z_all.t()  # (D, K + X)
         # A ones column makes the row sums of exp(S) fall out of the gradient GEMM for free.
-        zc_ext = torch.cat([zc, zc.new_ones(k, 1)], dim=1)  # (K, D + 1)
-        positives = positive_of(rows, k)  # (M,)
+        zc_ext = torch.cat([z_all, zc.new_ones(z_all.shape[0], 1)], dim=1)  # (K + X, D + 1)
+        positives = positive_of(rows, k)  # (M,) among the K batch candidates only
         shifts = torch.empty(m, dtype=za.dtype, device=za.device)  # (M,) shift of each row
         log_denom = torch.empty(m, dtype=za.dtype, device=za.device)  # (M,)
-        e_pos = torch.empty(m, dtype=za.dtype, device=za.device)  # (M,) s[a, p(a)] - shift
+        e_pos = torch.empty(m, dtype=za.dtype, device=za.device)  # (M,) s[a, pos(a)] - shift
         grad_za = torch.empty_like(za) if need_grad else None  # (M, D)
         grad_zc = torch.zeros_like(zc) if need_grad else None  # (K, D)
-        tile = za.new_empty(min(block_size, m), k)  # (block, K) the one tile, reused
+        tile = za.new_empty(min(block_size, m), z_all.shape[0])  # (block, K + X) reused
         for r0 in range(0, m, block_size):
             r1 = min(r0 + block_size, m)
             ar = torch.arange(r1 - r0, device=za.device)  # (b,)
             self_b, pos_b = rows[r0:r1], positives[r0:r1]  # (b,)
-            e = torch.mm(za_s[r0:r1], zc_t, out=tile[: r1 - r0])  # (b, K) similarities s
+            e = torch.mm(za_s[r0:r1], zc_t, out=tile[: r1 - r0])  # (b, K + X) similarities s
             s_pos_b = e[ar, pos_b]  # (b,)
             e[ar, self_b] = float("-inf")
             if decoupled:
@@ -120,37 +127,43 @@ class ContrastiveFunction(torch.autograd.Function):
             shift = e.amax(dim=1)  # (b,)
             e_pos[r0:r1] = s_pos_b - shift
             e.sub_(shift[:, None])
-            _exp_floored_(e)  # (b, K) exp(s - shift) in [e^-64, 1]
+            _exp_floored_(e)  # (b, K + X) exp(s - shift) in [e^-64, 1]
             out = torch.mm(e, zc_ext)  # (b, D + 1) [sum_j e[a, j] z_j, sum_j e[a, j]]
             denom = out[:, -1]  # (b,)
             shifts[r0:r1] = shift
             log_denom[r0:r1] = denom.log()
             if need_grad:
-                # C[a, j] = P[a, j] - w_a [j = p(a)] with P = e / denom; the row scaling is
+                # C[a, j] = P[a, j] - w_a [j = pos(a)] with P = e / denom; the row scaling is
                 # applied to the (b, D) products rather than to the (b, K) tile.
                 coef = (scale * inv_tau) / denom  # (b,)
                 grad_za[r0:r1] = out[:, :-1] * coef[:, None]  # (b, D)
-                grad_zc.addmm_(e.t(), za[r0:r1] * coef[:, None])  # (K, D)
+                # only the K batch columns: the extra negatives are constants
+                e_batch = e if negatives is None else e[:, :k]  # (b, K)
+                grad_zc.addmm_(e_batch.t(), za[r0:r1] * coef[:, None])  # (K, D)
         # L_a = shift + log(denom) - w_a (e_pos + shift): written so that the large shift
         # cancels exactly when w_a = 1 instead of through rounding
         loss = (log_denom - weights * e_pos + (1 - weights) * shifts).sum() * scale
         if need_grad:
-            # the "- w_a [j = p(a)]" part of C, one entry per anchor
+            # the "- w_a [j = pos(a)]" part of C, one entry per anchor
             wp = weights * (scale * inv_tau)  # (M,)
             grad_za -= wp[:, None] * zc[positives]  # (M, D)
             grad_zc.index_add_(0, positives, -wp[:, None] * za)  # (K, D)
-            ctx.save_for_backward(za, zc, rows, weights, grad_za, grad_zc)
+            ctx.save_for_backward(za, zc, rows, weights, grad_za, grad_zc, negatives)
             ctx.hyper = (tau, decoupled, scale)
         return loss
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: D102
-        za, zc, rows, weights, grad_za, grad_zc = ctx.saved_tensors
+        za, zc, rows, weights, grad_za, grad_zc, negatives = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: the gradient must be differentiable
-            grad_za, grad_zc = dense_grads(za, zc, rows, weights, grad_out, *ctx.hyper)
+            grad_za, grad_zc = dense_grads(
+                za, zc, rows, weights, grad_out, *ctx.hyper, negatives=negatives
+            )
         else:  # the gradient computed in forward; no test of grad_out, which would sync a GPU
             grad_za, grad_zc = grad_za * grad_out, grad_zc * grad_out
-        return grad_za, grad_zc, None, None, None, None, None, None
+        # none for the extra negatives (constants); autograd accepts the trailing None when
+        # they were not passed
+        return grad_za, grad_zc, None, None, None, None, None, None, None
 
 
 def dense_grads(
@@ -162,6 +175,7 @@ def dense_grads(
     tau: float,
     decoupled: bool,
     scale: float,
+    negatives: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of ``scale * sum_a L_a`` for ``za`` and ``zc`` as separate roles, with a graph.
 
@@ -169,11 +183,12 @@ def dense_grads(
     (``create_graph=True``, e.g. a gradient penalty), it is computed by autograd through
     :func:`dense_rows`, which costs the full ``(M, K)`` matrix but is exact to any order. ``za``
     and ``zc`` may be the same tensor: each gets its own view, so that each role's share is
-    returned once.
+    returned once. The extra ``negatives`` (X, D), if any, are constants.
     """
     with torch.enable_grad():
         a, c = (z.view_as(z) if z.requires_grad else z.detach().requires_grad_() for z in (za, zc))
-        loss = dense_rows(a, c, rows, weights, tau=tau, decoupled=decoupled).sum() * scale
+        loss = dense_rows(a, c, rows, weights, tau=tau, decoupled=decoupled, negatives=negatives)
+        loss = loss.sum() * scale
         grad_a, grad_c = torch.autograd.grad(loss, (a, c), grad_out, create_graph=True)
     return grad_a, grad_c
 
@@ -196,10 +211,10 @@ LSE_SPREAD = 20.0
 
 
 def _exclude_(s: torch.Tensor, r0: int, c0: int, n: int, decoupled: bool) -> torch.Tensor:
-    """Fill the tile ``s = S[r0:, c0:]`` with ``-inf`` where ``S[a, a]`` (and ``S[a, p(a)]``).
+    """Fill the tile ``s = S[r0:, c0:]`` with ``-inf`` where ``S[a, a]`` (and ``S[a, pos(a)]``).
 
     The excluded entries lie on diagonals of the tile, so they are set through diagonal views:
-    no index tensors and no host-device synchronisation. ``p(a) = a + n`` for ``a < n``, else
+    no index tensors and no host-device synchronisation. ``pos(a) = a + n`` for ``a < n``, else
     ``a - n`` (:func:`dcl_teach.masks.positive_of` with ``K = 2n``).
     """
     r1, c1 = r0 + s.shape[0], c0 + s.shape[1]
@@ -458,7 +473,7 @@ class SymmetricContrastiveFunction(torch.autograd.Function):
       CPU, when a tile's row maxima lie close, its column sums come from the row pass's
       exponentials by one matrix-vector product, see :func:`_columns_from_rows`);
     * backward: with ``P[a, b] = exp(s[a, b] - lse_a)``, the gradient is
-      ``(g / tau) ((P + P^T) Z - (w_a + w_{p(a)}) z_{p(a)})``, and ``Q = P + P^T`` is
+      ``(g / tau) ((P + P^T) Z - (w_a + w_{pos(a)}) z_{pos(a)})``, and ``Q = P + P^T`` is
       symmetric, so each tile of ``Q`` gives ``Q[I, J] Z[J]`` to rows ``I`` and
       ``Q[I, J]^T Z[I]`` to rows ``J`` (on the CPU, when all ``lse_a`` lie within
       :data:`LSE_SPREAD`, ``P[J, I]^T`` is ``P[I, J]`` rescaled, without a second exp).
@@ -488,7 +503,7 @@ class SymmetricContrastiveFunction(torch.autograd.Function):
             lse, arena = _tiled_forward(z, inv_tau, n, b, decoupled, need_grad)
             sums = None
         c = torch.linalg.vecdot(z[:n], z[n:]) * inv_tau  # (n,) s[a, a + n] = s[a + n, a]
-        s_pos = torch.cat([c, c])  # (K,) s[a, p(a)]
+        s_pos = torch.cat([c, c])  # (K,) s[a, pos(a)]
         loss = (lse - weights * s_pos).sum() * scale
         if need_grad:
             ctx.save_for_backward(z, weights, lse)
@@ -513,8 +528,8 @@ class SymmetricContrastiveFunction(torch.autograd.Function):
             grad = _single_tile_backward(z, arena, sums)
         else:
             grad = _tiled_backward(z, lse, arena, 1.0 / tau, b, decoupled)
-        # the positive term: -(w_a + w_{p(a)}) z_{p(a)}, both anchors of the pair pulling;
-        # p(a) = a + n on the first half, a - n on the second (positive_of with K = 2n)
+        # the positive term: -(w_a + w_{pos(a)}) z_{pos(a)}, both anchors of the pair pulling;
+        # pos(a) = a + n on the first half, a - n on the second (positive_of with K = 2n)
         n = k // 2
         w_pair = (weights[:n] + weights[n:])[:, None]  # (n, 1)
         grad[:n].addcmul_(z[n:], w_pair, value=-1.0)  # (n, D)
@@ -572,6 +587,7 @@ def fused_rows(
     decoupled: bool,
     block_size: int | None = None,
     scale: float = 1.0,
+    negatives: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Scalar ``scale * sum_a L_a`` by the blockwise kernel (see the module docstring).
 
@@ -584,6 +600,9 @@ def fused_rows(
         decoupled: drop the positive from the denominator (DCL, DCLW).
         block_size: anchors per block; default from :func:`default_block_size`.
         scale: reduction factor, ``1 / M`` for the mean.
+        negatives: (X, D) extra negatives of every anchor (a memory queue), already
+            normalised, same dtype and device as ``za``; detached here: constants, no gradient.
+            ``None`` (the default) runs the kernel exactly as without them.
 
     Returns:
         0-dim tensor.
@@ -599,10 +618,11 @@ def fused_rows(
 
     Taught in notebook 04.
     """
+    extra = () if negatives is None else (negatives.detach(),)
     if block_size is None:
-        block_size = default_block_size(zc.shape[0])
+        block_size = default_block_size(zc.shape[0] + sum(x.shape[0] for x in extra))
     return ContrastiveFunction.apply(
-        za, zc, rows, weights.to(za.dtype), tau, decoupled, int(block_size), float(scale)
+        za, zc, rows, weights.to(za.dtype), tau, decoupled, int(block_size), float(scale), *extra
     )
 
 
@@ -614,6 +634,7 @@ def dense_rows(
     *,
     tau: float,
     decoupled: bool,
+    negatives: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-anchor losses ``L_a`` from the full ``(M, K)`` similarity matrix, with autograd.
 
@@ -622,18 +643,28 @@ def dense_rows(
 
     Args:
         za, zc, rows, weights, tau, decoupled: as in :func:`fused_rows`.
+        negatives: (X, D) extra negatives of every anchor, as in :func:`fused_rows`: more
+            columns of the matrix, never masked, detached (no gradient).
 
     Returns:
         (M,) tensor of per-anchor losses.
+
+    Example:
+        >>> z = torch.ones(4, 2, dtype=torch.float64)  # N = 2 identical pairs, 3 extra copies
+        >>> w = torch.ones(4, dtype=torch.float64)
+        >>> dense_rows(z, z, torch.arange(4), w, tau=0.5, decoupled=False, negatives=z[:3])
+        tensor([1.7918, 1.7918, 1.7918, 1.7918], dtype=torch.float64)
 
     Taught in notebook 01.
     """
     m, k = za.shape[0], zc.shape[0]
     ar = torch.arange(m, device=za.device)  # (M,)
-    positives = positive_of(rows, k)  # (M,)
-    s = za @ zc.t() / tau  # (M, K)
+    positives = positive_of(rows, k)  # (M,) among the K batch candidates only
+    if negatives is not None:
+        zc = torch.cat([zc, negatives.detach()])  # (K + X, D) the extra columns last
+    s = za @ zc.t() / tau  # (M, K + X)
     s_pos = s[ar, positives]  # (M,)
-    excluded = torch.zeros(m, k, dtype=torch.bool, device=za.device)  # (M, K)
+    excluded = torch.zeros(m, zc.shape[0], dtype=torch.bool, device=za.device)  # (M, K + X)
     excluded[ar, rows] = True
     if decoupled:
         excluded[ar, positives] = True

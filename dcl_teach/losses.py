@@ -13,6 +13,7 @@ symbol      meaning                                               Yeh et al. (20
 ``q``       coupling factor, 1 - p of the positive                :math:`q_B` (Eq. 4)
 ``w``       DCLW weight of a positive pair                        :math:`w(z_i^{(1)}, z_i^{(2)})`
 ``sigma``   width of the DCLW weighting                           :math:`\sigma`
+``pos(a)``  index of anchor ``a``'s positive (its other view)
 ==========  ====================================================  =================================
 
 Each of the 2N anchors has one positive (the other view of the same image) and 2N - 2
@@ -20,6 +21,11 @@ negatives (both views of every other image). The losses are averaged over all 2N
 paper sums; ``reduction="sum"`` gives that). Embeddings are L2-normalised inside the loss unless
 ``normalize=False``. All three run on the fused kernel of :mod:`dcl_teach.fused`: the statistics
 are computed in float32 (float64 inputs stay float64), blockwise, with the analytic gradient.
+
+Extra negatives (``negatives=``, a (K, D) tensor such as a MoCo memory queue,
+:class:`dcl_teach.queue.MemoryQueue`) join every anchor's denominator: K more columns of the
+similarity matrix, with no positive among them, normalised like the embeddings and treated as
+constants (detached: no gradient ever reaches them). Taught in notebook 08.
 """
 
 from __future__ import annotations
@@ -147,6 +153,67 @@ def _value_check(z1: torch.Tensor, z2: torch.Tensor, *, nonzero_rows: bool) -> t
     return peaks
 
 
+def check_negatives(negatives: object, z1: torch.Tensor, *, nonzero_rows: bool) -> torch.Tensor:
+    """Check extra negatives against the views; return their (K,) row peaks ``max_j |n[k, j]|``.
+
+    Args:
+        negatives: the ``negatives=`` argument of the losses, expected (K, D), K >= 0.
+        z1: the first view (already checked), which fixes D, the dtype and the device.
+        nonzero_rows: also reject all-zero rows (they will be normalised).
+
+    Returns:
+        (K,) row peaks, for :func:`normalize_rows`.
+
+    Raises:
+        TypeError: not a tensor, inside a ``torch.func`` transform, or a dtype other than z1's.
+        ValueError: not 2-D, another D or device than z1, non-finite or all-zero rows.
+
+    Example:
+        >>> check_negatives(torch.ones(3, 2), torch.ones(4, 5), nonzero_rows=True)
+        Traceback (most recent call last):
+        ...
+        ValueError: negatives must have D=5 columns like z1 and z2, got shape (3, 2)
+
+    Taught in notebook 08.
+    """
+    if not isinstance(negatives, torch.Tensor):
+        raise TypeError(
+            f"negatives must be a torch.Tensor of shape (K, D) or None, got "
+            f"{type(negatives).__name__}"
+        )
+    if _is_transformed(negatives):
+        raise TypeError("negatives is wrapped by a torch.func transform, which is not supported")
+    if negatives.dim() != 2:
+        raise ValueError(f"negatives must be 2-D (K, D), got shape {tuple(negatives.shape)}")
+    d = z1.shape[1]
+    if negatives.shape[1] != d:
+        raise ValueError(
+            f"negatives must have D={d} columns like z1 and z2, got shape {tuple(negatives.shape)}"
+        )
+    if negatives.dtype != z1.dtype:
+        raise TypeError(
+            f"negatives must have the dtype of z1 and z2, {z1.dtype}, got {negatives.dtype}: "
+            f"convert it with .to(...) first"
+        )
+    if negatives.device != z1.device:
+        raise ValueError(
+            f"negatives must be on the device of z1 and z2, {z1.device}, got {negatives.device}"
+        )
+    peaks = negatives.detach().abs().amax(dim=1)  # (K,) NaN propagates
+    ok = torch.stack(
+        [torch.isfinite(peaks).all(), (peaks > 0).all() | (not nonzero_rows)]
+    ).tolist()  # one transfer
+    if not ok[0]:
+        rows = torch.nonzero(~torch.isfinite(negatives).all(dim=1)).flatten()[:5].tolist()
+        raise ValueError(f"negatives has non-finite rows {rows} (NaN or inf)")
+    if not ok[1]:
+        rows = torch.nonzero(peaks == 0).flatten()[:5].tolist()
+        raise ValueError(
+            f"negatives has all-zero rows {rows}: a zero embedding cannot be normalised"
+        )
+    return peaks
+
+
 def _compute_dtype(z: torch.Tensor) -> torch.dtype:
     # float64 stays float64 (gradcheck, references); everything else runs in float32, which is
     # what keeps logsumexp stable at tau = 0.01 with bfloat16 or float16 inputs.
@@ -244,6 +311,7 @@ def _contrastive(
     block_size: int | None,
     impl: str,
     name: str,
+    negatives: torch.Tensor | None = None,
 ) -> torch.Tensor:
     tau = check_positive("tau", tau)
     if sigma is not None:
@@ -258,6 +326,10 @@ def _contrastive(
         raise ValueError(f"block_size must be a positive int or None, got {block_size!r}")
     check_embeddings(z1, z2, min_pairs=2 if decoupled else 1, loss=name, check_values=False)
     peaks = _value_check(z1, z2, nonzero_rows=normalize)  # (2n,)
+    if negatives is not None:
+        neg_peaks = check_negatives(negatives, z1, nonzero_rows=normalize)  # (K,)
+        # constants, whatever the caller passed: a queue is never trained through the loss
+        negatives = negatives.detach()
 
     with torch.autocast(device_type=z1.device.type, enabled=False):
         dtype = _compute_dtype(z1)
@@ -266,6 +338,10 @@ def _contrastive(
         if normalize:
             peaks = peaks.to(dtype)
             z1, z2 = normalize_rows(z1, peaks[:n]), normalize_rows(z2, peaks[n:])
+        if negatives is not None:
+            negatives = negatives.to(dtype)  # (K, D)
+            if normalize:
+                negatives = normalize_rows(negatives, neg_peaks.to(dtype))  # (K, D)
         za = torch.cat([z1, z2])  # (2n, D) this rank's anchors
         rank, world = dist_utils.world_info() if gather_distributed else (0, 1)
 
@@ -289,16 +365,19 @@ def _contrastive(
         weights = torch.cat([w, w])  # (2n,) both anchors of a pair share the pair's weight
 
         if reduction == "none":
-            return dense_rows(za, zc, rows, weights, tau=tau, decoupled=decoupled)  # (2n,)
+            return dense_rows(
+                za, zc, rows, weights, tau=tau, decoupled=decoupled, negatives=negatives
+            )  # (2n,)
         # DDP averages gradients over ranks; scaling the local share so that this average is
         # the gradient of the global loss: 1/(2n) for the mean, W for the sum.
         scale = 1.0 / (2 * n) if reduction == "mean" else float(world)
-        if impl == "fused" and world == 1:
+        if impl == "fused" and world == 1 and negatives is None:
             # one process: the candidates are the anchors, S is symmetric, half of it suffices
             loss = fused_symmetric(
                 za, weights, tau=tau, decoupled=decoupled, block_size=block_size, scale=scale
             )
         elif impl == "fused":
+            # gathered candidates, or extra negatives (K more columns): not square any more
             loss = fused_rows(
                 za,
                 zc,
@@ -308,9 +387,13 @@ def _contrastive(
                 decoupled=decoupled,
                 block_size=block_size,
                 scale=scale,
+                negatives=negatives,
             )
         else:
-            loss = dense_rows(za, zc, rows, weights, tau=tau, decoupled=decoupled).sum() * scale
+            loss = dense_rows(
+                za, zc, rows, weights, tau=tau, decoupled=decoupled, negatives=negatives
+            )
+            loss = loss.sum() * scale
         if world > 1:
             # Report the loss of the whole global batch on every rank; the gradient stays local.
             reported = dist_utils.mean_over_ranks(loss)
@@ -328,13 +411,15 @@ def info_nce(
     gather_distributed: bool = False,
     block_size: int | None = None,
     impl: str = "fused",
+    negatives: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""InfoNCE (NT-Xent, the SimCLR loss), Eq. (1.3) of the course; Eqs. (1)-(2) of Yeh et al. (2021).
 
     .. math::
-        L_a = -s_{a,p(a)} + \log\Big(e^{s_{a,p(a)}} + \sum_{j \ne a, p(a)} e^{s_{a,j}}\Big)
+        L_a = -s_{a,\mathrm{pos}(a)} + \log\Big(e^{s_{a,\mathrm{pos}(a)}} + \sum_{j \ne a, \mathrm{pos}(a)} e^{s_{a,j}} + \sum_{k=1}^{K} e^{\langle z_a, n_k\rangle/\tau}\Big)
 
-    The positive sits in the denominator beside the 2N - 2 negatives.
+    The positive sits in the denominator beside the 2N - 2 negatives of the batch and the K
+    extra ``negatives`` ``n_k`` (none by default).
 
     Args:
         z1: (N, D) embeddings of the first view (``z^{(1)}``).
@@ -348,6 +433,14 @@ def info_nce(
             share, so DistributedDataParallel's averaging yields the full-batch gradient.
         block_size: anchors per block of the fused kernel (memory ~ block x 2N).
         impl: ``"fused"`` (blockwise, analytic gradient) or ``"dense"`` (full matrix, autograd).
+        negatives: (K, D) extra negatives shared by every anchor, e.g. a memory queue of past
+            embeddings (MoCo; :class:`dcl_teach.queue.MemoryQueue`), K >= 0, same dtype and
+            device as ``z1``. Normalised like the embeddings (when ``normalize``). They are
+            constants: the loss detaches them, silently, so no gradient ever reaches them, even
+            if they require grad. ``None`` (default): the batch only, on the symmetric kernel,
+            exactly as without this argument. With extra negatives the fused path is the
+            rows-vs-candidates kernel; with ``gather_distributed`` each rank's anchors see its
+            own ``negatives``.
 
     Returns:
         0-dim float32 tensor (float64 for float64 inputs), or (2N,) with ``reduction="none"``.
@@ -356,18 +449,24 @@ def info_nce(
         TypeError: non-tensor input, integer dtype, z1 and z2 of different dtypes (no silent
             promotion), non-numeric tau, tensors inside ``torch.func`` transforms (``vmap``).
         ValueError: shapes, N < 1, tau <= 0, non-finite or all-zero embeddings, meta tensors,
-            ``block_size`` not a positive int.
+            ``block_size`` not a positive int; ``negatives`` not 2-D, with another D or on
+            another device, with non-finite (or, when normalising, all-zero) rows. A
+            ``negatives`` of another dtype than ``z1`` is a TypeError.
 
     Example:
         >>> z = torch.ones(4, 3)
         >>> round(info_nce(z, z).item(), 4), round(math.log(2 * 4 - 1), 4)
         (1.9459, 1.9459)
+        >>> queue = torch.ones(5, 3)  # 5 extra negatives, all alike: log(2N - 1 + K)
+        >>> round(info_nce(z, z, negatives=queue).item(), 4), round(math.log(2 * 4 - 1 + 5), 4)
+        (2.4849, 2.4849)
 
     Taught in notebook 01.
     """
     return _contrastive(
         z1, z2, tau=tau, decoupled=False, sigma=None, normalize=normalize, reduction=reduction,
         gather_distributed=gather_distributed, block_size=block_size, impl=impl, name="InfoNCE",
+        negatives=negatives,
     )  # fmt: skip
 
 
@@ -381,19 +480,20 @@ def dcl(
     gather_distributed: bool = False,
     block_size: int | None = None,
     impl: str = "fused",
+    negatives: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Decoupled contrastive loss (DCL), Eq. (4.1) of the course; the DCL loss of Yeh et al. (2021).
 
     .. math::
-        L_a = -s_{a,p(a)} + \log \sum_{j \ne a, p(a)} e^{s_{a,j}}
+        L_a = -s_{a,\mathrm{pos}(a)} + \log \Big(\sum_{j \ne a, \mathrm{pos}(a)} e^{s_{a,j}} + \sum_{k=1}^{K} e^{\langle z_a, n_k\rangle/\tau}\Big)
 
     The positive is removed from the denominator, which removes the coupling factor q_B from
     the gradient. The ratio inside the log can exceed 1, so the loss can be negative: that is
-    expected, not a bug.
+    expected, not a bug. The K extra ``negatives`` ``n_k`` (none by default) join the sum.
 
     Args:
-        z1, z2, tau, normalize, reduction, gather_distributed, block_size, impl: as in
-            :func:`info_nce`.
+        z1, z2, tau, normalize, reduction, gather_distributed, block_size, impl, negatives: as
+            in :func:`info_nce` (extra negatives are detached constants).
 
     Returns:
         0-dim tensor, or (2N,) with ``reduction="none"``.
@@ -405,12 +505,15 @@ def dcl(
         >>> z = torch.ones(4, 3)
         >>> round(dcl(z, z, tau=1.0).item(), 4), round(math.log(2 * 4 - 2), 4)
         (1.7918, 1.7918)
+        >>> round(dcl(z, z, negatives=torch.ones(5, 3)).item(), 4), round(math.log(2 * 4 - 2 + 5), 4)
+        (2.3979, 2.3979)
 
     Taught in notebook 04.
     """
     return _contrastive(
         z1, z2, tau=tau, decoupled=True, sigma=None, normalize=normalize, reduction=reduction,
         gather_distributed=gather_distributed, block_size=block_size, impl=impl, name="DCL",
+        negatives=negatives,
     )  # fmt: skip
 
 
@@ -425,11 +528,12 @@ def dclw(
     gather_distributed: bool = False,
     block_size: int | None = None,
     impl: str = "fused",
+    negatives: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Weighted DCL (DCLW), Eq. (5.2) of the course; the DCLW loss of Yeh et al. (2021).
 
     .. math::
-        L_a = -w_i\, s_{a,p(a)} + \log \sum_{j \ne a, p(a)} e^{s_{a,j}}, \qquad
+        L_a = -w_i\, s_{a,\mathrm{pos}(a)} + \log \sum_{j \ne a, \mathrm{pos}(a)} e^{s_{a,j}}, \qquad
         w_i = 2 - \frac{e^{c_i/\sigma}}{\frac{1}{N}\sum_k e^{c_k/\sigma}}
 
     with ``c_i = <z1_i, z2_i>`` the cosine similarity of pair i (not divided by tau), a negative
@@ -443,9 +547,12 @@ def dclw(
     loss by making every pair equally similar, and matches lightly. Notebook 05 shows the
     difference.
 
+    With extra ``negatives`` the sum in the log gains their K terms, as in :func:`dcl`; the
+    weights still come from the batch's positive pairs only.
+
     Args:
-        z1, z2, tau, normalize, reduction, gather_distributed, block_size, impl: as in
-            :func:`info_nce`.
+        z1, z2, tau, normalize, reduction, gather_distributed, block_size, impl, negatives: as
+            in :func:`info_nce` (extra negatives are detached constants).
         sigma: width of the weighting, > 0.
 
     Returns:
@@ -464,6 +571,7 @@ def dclw(
     return _contrastive(
         z1, z2, tau=tau, decoupled=True, sigma=sigma, normalize=normalize, reduction=reduction,
         gather_distributed=gather_distributed, block_size=block_size, impl=impl, name="DCLW",
+        negatives=negatives,
     )  # fmt: skip
 
 
@@ -472,6 +580,9 @@ LOSSES: dict[str, Callable[..., torch.Tensor]] = {"infonce": info_nce, "dcl": dc
 
 class InfoNCELoss(nn.Module):
     """:func:`info_nce` as a module; it only holds the hyperparameters.
+
+    ``forward(z1, z2, negatives=None)``: the extra negatives (a memory queue) are passed per
+    call, as to :func:`info_nce`; so are they for :class:`DCLLoss` and :class:`DCLWLoss`.
 
     Example:
         >>> loss = InfoNCELoss(tau=0.2)
@@ -486,8 +597,12 @@ class InfoNCELoss(nn.Module):
         self.tau = check_positive("tau", tau)
         self.gather_distributed = gather_distributed
 
-    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
-        return info_nce(z1, z2, tau=self.tau, gather_distributed=self.gather_distributed)
+    def forward(
+        self, z1: torch.Tensor, z2: torch.Tensor, negatives: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return info_nce(
+            z1, z2, tau=self.tau, gather_distributed=self.gather_distributed, negatives=negatives
+        )
 
     def extra_repr(self) -> str:
         return f"tau={self.tau}, gather_distributed={self.gather_distributed}"
@@ -499,8 +614,12 @@ class DCLLoss(InfoNCELoss):
     Taught in notebook 06.
     """
 
-    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
-        return dcl(z1, z2, tau=self.tau, gather_distributed=self.gather_distributed)
+    def forward(
+        self, z1: torch.Tensor, z2: torch.Tensor, negatives: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return dcl(
+            z1, z2, tau=self.tau, gather_distributed=self.gather_distributed, negatives=negatives
+        )
 
 
 class DCLWLoss(nn.Module):
@@ -515,9 +634,16 @@ class DCLWLoss(nn.Module):
         self.sigma = check_positive("sigma", sigma)
         self.gather_distributed = gather_distributed
 
-    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, z1: torch.Tensor, z2: torch.Tensor, negatives: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return dclw(
-            z1, z2, tau=self.tau, sigma=self.sigma, gather_distributed=self.gather_distributed
+            z1,
+            z2,
+            tau=self.tau,
+            sigma=self.sigma,
+            gather_distributed=self.gather_distributed,
+            negatives=negatives,
         )
 
     def extra_repr(self) -> str:

@@ -269,3 +269,68 @@ def test_two_losses_before_one_backward_keep_their_own_tiles():
     ref_b = dense_rows(zb, zb, torch.arange(16), w, tau=0.3, decoupled=False).sum()
     (g_ref,) = torch.autograd.grad(ref_a + ref_b, z)
     torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+@pytest.mark.parametrize("block_size", [1, 3, 64])
+def test_gradcheck_with_extra_negatives(decoupled, block_size):
+    # both layouts with X extra columns: no positive among them, no gradient for them
+    z = unit(8, 3, seed=30).requires_grad_()
+    neg = unit(5, 3, seed=31)
+    rows, w = torch.arange(8), torch.rand(8, dtype=torch.float64) * 2 - 0.5
+    assert torch.autograd.gradcheck(
+        lambda x: ContrastiveFunction.apply(x, x, rows, w, 0.3, decoupled, block_size, 0.1, neg),
+        (z,),
+    )
+    zc, za = unit(12, 4, seed=32).requires_grad_(), unit(4, 4, seed=33).requires_grad_()
+    rows2, neg2 = torch.tensor([2, 3, 8, 9]), unit(7, 4, seed=34)
+    assert torch.autograd.gradcheck(
+        lambda a, c: ContrastiveFunction.apply(a, c, rows2, w[:4], 0.5, decoupled, 3, 1.0, neg2),
+        (za, zc),
+    )
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_gradgradcheck_with_extra_negatives(decoupled):
+    z = unit(6, 3, seed=35).requires_grad_()
+    neg = unit(4, 3, seed=36)
+    rows, w = torch.arange(6), torch.tensor([1.0, 0.5, 2.0] * 2, dtype=torch.float64)
+    assert torch.autograd.gradgradcheck(
+        lambda x: ContrastiveFunction.apply(x, x, rows, w, 0.3, decoupled, 4, 0.1, neg), (z,)
+    )
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+@pytest.mark.parametrize("x,block_size", [(0, 5), (1, 5), (17, 1), (17, 5), (40, None)])
+def test_fused_rows_with_negatives_equals_dense_and_a_loop(decoupled, x, block_size):
+    z = unit(12, 5, seed=37).requires_grad_()
+    neg = unit(x, 5, seed=38).requires_grad_()  # requires grad: must be ignored
+    rows, w = torch.arange(12), torch.rand(12, dtype=torch.float64)
+    got = fused_rows(
+        z, z, rows, w, tau=0.1, decoupled=decoupled, block_size=block_size, negatives=neg
+    )
+    ref = dense_rows(z, z, rows, w, tau=0.1, decoupled=decoupled, negatives=neg).sum()
+    # the loop: each anchor's denominator is its batch set D(a) plus every extra row
+    s = z.detach() @ torch.cat([z.detach(), neg.detach()]).t() / 0.1  # (12, 12 + X)
+    loop = 0.0
+    for a in range(12):
+        p = (a + 6) % 12
+        keep = [j for j in range(12 + x) if j != a and not (decoupled and j == p)]
+        loop += torch.logsumexp(s[a, keep], 0) - w[a] * s[a, p]
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got.detach(), loop, rtol=1e-12, atol=1e-12)
+    (g,) = torch.autograd.grad(got, z)
+    (g_ref,) = torch.autograd.grad(ref, z)
+    torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-12)
+    assert neg.grad is None
+
+
+def test_no_negatives_and_zero_negatives_run_the_same_arithmetic():
+    z = unit(10, 4, seed=39).requires_grad_()
+    rows, w = torch.arange(10), torch.ones(10, dtype=torch.float64)
+    a = fused_rows(z, z, rows, w, tau=0.2, decoupled=True, block_size=3)
+    b = fused_rows(z, z, rows, w, tau=0.2, decoupled=True, block_size=3, negatives=z[:0])
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    (ga,) = torch.autograd.grad(a, z)
+    (gb,) = torch.autograd.grad(b, z)
+    torch.testing.assert_close(ga, gb, rtol=0, atol=0)
