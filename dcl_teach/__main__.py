@@ -3,8 +3,8 @@
 ``python -m dcl_teach`` with no arguments trains DCL on the bundled 8x8 digits on the CPU
 (about half a minute) and prints its kNN accuracy next to two baselines: an untrained encoder
 and raw pixels. Every field of :class:`dcl_teach.train.TrainConfig` is a flag
-(``batch_size`` -> ``--batch-size``); the flags are generated from the dataclass, with its
-comments as help, so the two cannot drift apart::
+(``batch_size`` -> ``--batch-size``); the flags are generated from the dataclass, with the
+help text each field carries, so the two cannot drift apart::
 
     python -m dcl_teach train --loss dcl --dataset cifar10 --batch-size 256 --epochs 200 --out runs/dcl
     python -m dcl_teach train --out runs/dcl --resume     # continue a killed run
@@ -23,10 +23,8 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import inspect
 import json
 import os
-import re
 import sys
 import typing
 from collections.abc import Sequence
@@ -55,16 +53,6 @@ _CHOICES = {"dataset": tuple(ARCHITECTURES), "loss": tuple(LOSSES), "amp": AMP_M
 _ALIASES = {"out_dir": ("--out",)}  # extra spellings of a flag
 
 
-def _field_comments() -> dict[str, str]:
-    """The ``# comment`` after each field of TrainConfig, used as the flag's help."""
-    try:
-        source = inspect.getsource(TrainConfig)
-    except (OSError, TypeError):  # no source (frozen app): help without comments
-        return {}
-    pattern = re.compile(r"^    (\w+): [^=\n]+=[^#\n]*#\s*(.+)$", re.MULTILINE)
-    return {m[1]: m[2].strip() for m in pattern.finditer(source)}
-
-
 def _optional(kind: type):
     def parse(text: str):
         return None if text.lower() == "none" else kind(text)
@@ -85,7 +73,6 @@ def add_config_flags(parser: argparse.ArgumentParser, *, exclude: Sequence[str] 
     Taught in notebook 06.
     """
     hints = typing.get_type_hints(TrainConfig)
-    comments = _field_comments()
     group = parser.add_argument_group("training configuration (TrainConfig fields)")
     for f in dataclasses.fields(TrainConfig):
         if f.name in exclude:
@@ -94,7 +81,7 @@ def add_config_flags(parser: argparse.ArgumentParser, *, exclude: Sequence[str] 
         optional = type(None) in typing.get_args(hint)
         kind = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
         flags = [f"--{f.name.replace('_', '-')}", *_ALIASES.get(f.name, ())]
-        text = f"{comments.get(f.name, '')} (default: {f.default})".strip()
+        text = f"{f.metadata.get('help', '')} (default: {f.default})".strip()
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": text}
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
@@ -115,35 +102,57 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="{train,compare,sweep}")
     tr = sub.add_parser(
-        "train", help="train one model (the default command)",
+        "train",
+        help="train one model (the default command)",
         usage="python -m dcl_teach [train] [-h] [--resume | --fresh] [--FIELD VALUE ...]",
         description="Train one encoder; with no flags: DCL on the bundled digits, on the CPU.",
-    )  # fmt: skip
+    )
     _add_preset_flag(tr)
     add_config_flags(tr)
     _add_run_flags(tr)
     tr.add_argument(
-        "--baselines", action=argparse.BooleanOptionalAction, default=True,
+        "--baselines",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="also report kNN on raw pixels and on an untrained encoder (default: on)",
-    )  # fmt: skip
+    )
     cmp = sub.add_parser(
-        "compare", help="train a loss x batch-size grid and plot it",
+        "compare",
+        help="train a loss x batch-size grid and plot it",
         usage="python -m dcl_teach compare [-h] [--losses L ...] [--batch-sizes B ...] "
         "[--out OUT] [--FIELD VALUE ...]",
         description="Train every (loss, batch size) pair and plot kNN accuracy against batch "
         "size. Each run writes to OUT/<loss>_bs<batch>; OUT gets compare.png, summary.json "
         "and summary.csv.",
-    )  # fmt: skip
-    cmp.add_argument("--losses", nargs="+", choices=_CHOICES["loss"],
-                     default=["infonce", "dcl", "dclw"], help="losses to compare")  # fmt: skip
-    cmp.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 256], metavar="B",
-                     help="batch sizes to compare (default: 32 256)")  # fmt: skip
-    cmp.add_argument("--out", "--out-dir", dest="out_dir", default="runs/compare",
-                     help="output folder (default: runs/compare)")  # fmt: skip
+    )
+    cmp.add_argument(
+        "--losses",
+        nargs="+",
+        choices=_CHOICES["loss"],
+        default=["infonce", "dcl", "dclw"],
+        help="losses to compare",
+    )
+    cmp.add_argument(
+        "--batch-sizes",
+        nargs="+",
+        type=int,
+        default=[32, 256],
+        metavar="B",
+        help="batch sizes to compare (default: 32 256)",
+    )
+    cmp.add_argument(
+        "--out",
+        "--out-dir",
+        dest="out_dir",
+        default="runs/compare",
+        help="output folder (default: runs/compare)",
+    )
     _add_preset_flag(cmp)
     add_config_flags(cmp, exclude=("loss", "batch_size", "out_dir"))
     _add_run_flags(cmp)
     _add_sweep_parser(sub)
+    for command in sub.choices.values():  # main() reports errors in the sub-command's usage
+        command.set_defaults(command_parser=command)
     return parser
 
 
@@ -152,61 +161,127 @@ def _add_sweep_parser(sub) -> None:
 
     d = SweepConfig()
     sw = sub.add_parser(
-        "sweep", help="train losses x batch sizes x seeds with controls; summarise with error bars",
+        "sweep",
+        help="train losses x batch sizes x seeds with controls; summarise with error bars",
         usage="python -m dcl_teach sweep [-h] [--out OUT] [--batch-sizes B ...] [--seeds S ...] "
         "[--arms A ...] [--only NAME ...] [--FIELD VALUE ...]",
         description="Train every (arm, batch size, seed) of the grid, evaluate each encoder with "
         "few-label kNN and linear probes, and write OUT/results.json, results.csv and "
         "summary.csv. Finished runs are skipped: run the same command again to resume.",
-    )  # fmt: skip
-    sw.add_argument("--out", "--out-dir", dest="out_dir", default="results/digits-sweep",
-                    help="output folder (default: results/digits-sweep)")  # fmt: skip
-    sw.add_argument("--batch-sizes", nargs="+", type=int, default=list(d.batch_sizes),
-                    metavar="B", help=f"batch sizes (default: {list(d.batch_sizes)})")  # fmt: skip
-    sw.add_argument("--seeds", nargs="+", type=int, default=list(d.seeds), metavar="S",
-                    help=f"seeds (default: {list(d.seeds)})")  # fmt: skip
-    sw.add_argument("--arms", nargs="+", choices=ARMS, default=list(d.arms), metavar="ARM",
-                    help=f"arms of the grid, from {list(ARMS)} (default: all)")  # fmt: skip
-    sw.add_argument("--match-steps-of", type=int, default=d.match_steps_of, metavar="B",
-                    help="the *_steps arms train as many steps as this batch size does "
-                    f"(default: {d.match_steps_of})")  # fmt: skip
-    sw.add_argument("--steps-batch-sizes", nargs="+", type=int,
-                    default=list(d.steps_batch_sizes), metavar="B",
-                    help=f"batch sizes of the *_steps arms (default: {list(d.steps_batch_sizes)})")  # fmt: skip
-    sw.add_argument("--few-labels", type=int, default=d.few_labels, metavar="K",
-                    help=f"labels per class in the few-label protocols (default: {d.few_labels})")  # fmt: skip
-    sw.add_argument("--few-draws", type=int, default=d.few_draws, metavar="R",
-                    help=f"random label draws averaged over (default: {d.few_draws})")  # fmt: skip
-    sw.add_argument("--few-k", type=int, default=d.few_k, metavar="K",
-                    help=f"kNN neighbours in the few-label protocol (default: {d.few_k})")  # fmt: skip
-    sw.add_argument("--only", nargs="+", default=None, metavar="NAME",
-                    help="train only these runs, e.g. dcl_bs64_seed0")  # fmt: skip
-    sw.add_argument("--threads", type=int, default=None, metavar="N",
-                    help="CPU threads for torch (default: 1 for digits on the CPU)")  # fmt: skip
+    )
+    sw.add_argument(
+        "--out",
+        "--out-dir",
+        dest="out_dir",
+        default="results/digits-sweep",
+        help="output folder (default: results/digits-sweep)",
+    )
+    sw.add_argument(
+        "--batch-sizes",
+        nargs="+",
+        type=int,
+        default=list(d.batch_sizes),
+        metavar="B",
+        help=f"batch sizes (default: {list(d.batch_sizes)})",
+    )
+    sw.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=list(d.seeds),
+        metavar="S",
+        help=f"seeds (default: {list(d.seeds)})",
+    )
+    sw.add_argument(
+        "--arms",
+        nargs="+",
+        choices=ARMS,
+        default=list(d.arms),
+        metavar="ARM",
+        help=f"arms of the grid, from {list(ARMS)} (default: all)",
+    )
+    sw.add_argument(
+        "--match-steps-of",
+        type=int,
+        default=d.match_steps_of,
+        metavar="B",
+        help="the *_steps arms train as many steps as this batch size does "
+        f"(default: {d.match_steps_of})",
+    )
+    sw.add_argument(
+        "--steps-batch-sizes",
+        nargs="+",
+        type=int,
+        default=list(d.steps_batch_sizes),
+        metavar="B",
+        help=f"batch sizes of the *_steps arms (default: {list(d.steps_batch_sizes)})",
+    )
+    sw.add_argument(
+        "--few-labels",
+        type=int,
+        default=d.few_labels,
+        metavar="K",
+        help=f"labels per class in the few-label protocols (default: {d.few_labels})",
+    )
+    sw.add_argument(
+        "--few-draws",
+        type=int,
+        default=d.few_draws,
+        metavar="R",
+        help=f"random label draws averaged over (default: {d.few_draws})",
+    )
+    sw.add_argument(
+        "--few-k",
+        type=int,
+        default=d.few_k,
+        metavar="K",
+        help=f"kNN neighbours in the few-label protocol (default: {d.few_k})",
+    )
+    sw.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="train only these runs, e.g. dcl_bs64_seed0",
+    )
+    sw.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads for torch (default: 1 for digits on the CPU)",
+    )
     _add_preset_flag(sw)
     add_config_flags(sw, exclude=("loss", "batch_size", "seed", "out_dir", "progress"))
 
 
 def _add_preset_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--preset", choices=tuple(PRESETS), default=None,
+        "--preset",
+        choices=tuple(PRESETS),
+        default=None,
         help="start from a named TrainConfig.preset, then apply the other flags: digits (the "
         "defaults), cifar10 (a lightly-style ResNet-18 setting, 200 epochs), colab (a width-32 "
         "ResNet-18 on CIFAR-10 for a Colab T4 GPU, fp16, about 5 min a run; docs/gpu.md). "
         "Without it, --dataset cifar10 takes the cifar10 preset",
-    )  # fmt: skip
+    )
 
 
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--threads", type=int, default=None, metavar="N",
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
         help="CPU threads for torch (default: 1 for digits on the CPU, else torch's default)",
-    )  # fmt: skip
+    )
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--resume", action="store_true",
-                       help="continue from the checkpoint in the output folder")  # fmt: skip
-    group.add_argument("--fresh", action="store_true",
-                       help="ignore (and overwrite) an existing checkpoint")  # fmt: skip
+    group.add_argument(
+        "--resume", action="store_true", help="continue from the checkpoint in the output folder"
+    )
+    group.add_argument(
+        "--fresh", action="store_true", help="ignore (and overwrite) an existing checkpoint"
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -249,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = ["train", *argv]  # `python -m dcl_teach --epochs 5` means train
     parser = build_parser()
     args = parser.parse_args(argv)
-    sub = parser._subparsers._group_actions[0].choices[args.command]  # for its error messages
+    sub = args.command_parser  # its error() prints the sub-command's usage
     try:
         config = config_from_args(args)
     except ValueError as e:
@@ -310,10 +385,14 @@ def _train(config: TrainConfig, args: argparse.Namespace, sub) -> int:
         base = baselines(
             load_dataset(config.dataset, split="train", **load),
             load_dataset(config.dataset, split="test", **load),
-            k=config.knn_k, t=config.knn_t, seed=config.seed,
+            k=config.knn_k,
+            t=config.knn_t,
+            seed=config.seed,
             num_labels_per_class=config.num_labels_per_class,
-            feature_dim=dim, norm=config.norm, device=device,
-        )  # fmt: skip
+            feature_dim=dim,
+            norm=config.norm,
+            device=device,
+        )
         print(f"  untrained encoder  {100 * base['random_encoder']:5.1f} %")
         print(f"  raw pixels         {100 * base['raw_pixels']:5.1f} %")
     if config.out_dir:
@@ -374,10 +453,15 @@ def _sweep(config: TrainConfig, args: argparse.Namespace, sub) -> int:
     try:
         sweep = SweepConfig(
             base=dataclasses.replace(config, progress=False),
-            batch_sizes=tuple(args.batch_sizes), seeds=tuple(args.seeds), arms=tuple(args.arms),
-            match_steps_of=args.match_steps_of, steps_batch_sizes=tuple(args.steps_batch_sizes),
-            few_labels=args.few_labels, few_draws=args.few_draws, few_k=args.few_k,
-        )  # fmt: skip
+            batch_sizes=tuple(args.batch_sizes),
+            seeds=tuple(args.seeds),
+            arms=tuple(args.arms),
+            match_steps_of=args.match_steps_of,
+            steps_batch_sizes=tuple(args.steps_batch_sizes),
+            few_labels=args.few_labels,
+            few_draws=args.few_draws,
+            few_k=args.few_k,
+        )
         command = " ".join(["python -m dcl_teach", *sys.argv[1:]])
         results = run_sweep(sweep, args.out_dir, only=args.only, command=command)
     except ValueError as e:

@@ -288,29 +288,6 @@ def _from_hsv(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     return v - v * s * ramp  # (B, 3, H, W)
 
 
-def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
-    """Float RGB in [0, 1] ``(B, 3, H, W)`` -> HSV ``(B, 3, H, W)``, all channels in [0, 1].
-
-    Same convention as Python's ``colorsys`` and torchvision (grey pixels get hue 0).
-
-    Example:
-        >>> rgb_to_hsv(torch.tensor([0.0, 1.0, 0.0]).view(1, 3, 1, 1)).flatten().tolist()
-        [0.3333333432674408, 1.0, 1.0]
-    """
-    return torch.stack(_hue(x), dim=1)  # (B, 3, H, W)
-
-
-def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
-    """HSV ``(B, 3, H, W)`` with channels in [0, 1] -> float RGB ``(B, 3, H, W)``.
-
-    Example:
-        >>> hsv_to_rgb(torch.tensor([2 / 3, 1.0, 1.0]).view(1, 3, 1, 1)).flatten().tolist()
-        [0.0, 0.0, 1.0]
-    """
-    h, s, v = x.unbind(dim=1)  # (B, H, W) each
-    return _from_hsv(h, s, v)  # (B, 3, H, W)
-
-
 def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Rotate the hue of each image by ``shift`` turns (RGB -> HSV -> RGB).
 

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -31,32 +29,9 @@ from collections.abc import Callable
 
 import torch
 
-from dcl_teach import __version__
+from dcl_teach.atomic import atomic_write
 from dcl_teach.losses import LOSSES
-
-
-def machine_info(device: str) -> dict[str, object]:
-    """Describe the machine: CPU model, cores, threads, torch version, and the GPU if used."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    info: dict[str, object] = {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "dcl_teach": __version__,
-        "device": device,
-    }
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    return info
+from dcl_teach.provenance import machine_info
 
 
 def _inputs(n: int, d: int, device: str, seed: int = 0):
@@ -440,10 +415,7 @@ def main(argv: list[str] | None = None) -> dict[str, object] | None:
         raise SystemExit("--device cuda asked for, but CUDA is not available here")
     report = run_loss_bench(args)
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(report, f, indent=2)
-        os.replace(tmp, args.json)
+        atomic_write(args.json, json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.json}")
     return report
 

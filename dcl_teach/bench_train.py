@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
+from dcl_teach.atomic import atomic_write
 from dcl_teach.augment import (
     Recipe,
     adjust_brightness,
@@ -48,6 +48,9 @@ from dcl_teach.augment import (
     two_views,
 )
 from dcl_teach.data import DATASETS, load_dataset
+from dcl_teach.losses import dcl
+from dcl_teach.models import build_model
+from dcl_teach.provenance import machine_info
 
 _OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
 _PARAM_NAMES = ("brightness", "contrast", "saturation", "hue")
@@ -184,9 +187,6 @@ def time_per_sample(
 
 
 def _train_step_fn(dataset: str, device: torch.device, feature_dim: int | None) -> StepFn:
-    from dcl_teach.losses import dcl
-    from dcl_teach.models import build_model
-
     torch.manual_seed(0)
     model = build_model(dataset, feature_dim=feature_dim).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -199,33 +199,6 @@ def _train_step_fn(dataset: str, device: torch.device, feature_dim: int | None) 
         opt.step()
 
     return step
-
-
-def machine_info(device: torch.device) -> dict[str, object]:
-    """CPU model, cores, torch version and threads, and the accelerator's name."""
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info: dict[str, object] = {
-        "cpu_model": cpu,
-        "cpu_cores": os.cpu_count(),
-        "torch_version": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "device": str(device),
-        "device_name": cpu,
-        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-    }
-    if device.type == "cuda":
-        info["device_name"] = torch.cuda.get_device_name(device)
-        info["cuda_version"] = torch.version.cuda
-    return info
 
 
 def _images_for(
@@ -357,22 +330,16 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     _print_table("augmentation only (two views per image)", rows)
 
     if a.train_steps:
-        try:
-            step_fn = _train_step_fn(a.dataset, device, a.feature_dim)
-        except ImportError as e:
-            step_fn = None
-            report["train_skipped"] = f"dcl_teach.models/losses not importable: {e}"
-            print(f"\ntraining steps skipped: {report['train_skipped']}")
-        if step_fn is not None:
-            n_img = a.batch_size * a.train_steps
-            kw = {**common, "steps": a.train_steps, "step_fn": step_fn}
-            train = [_row("batched", None, time_batched(on_device, recipe, **kw), n_img)]
-            for w in a.workers:
-                t = time_per_sample(images, labels, recipe, workers=w, device=device, **kw)
-                train.append(_row("per-sample", w, t, n_img))
-            report["train"] = train
-            report["train_model"] = {"feature_dim": a.feature_dim, "loss": "dcl, tau=0.1"}
-            _print_table("full training steps (augment + forward/backward + SGD)", train)
+        step_fn = _train_step_fn(a.dataset, device, a.feature_dim)
+        n_img = a.batch_size * a.train_steps
+        kw = {**common, "steps": a.train_steps, "step_fn": step_fn}
+        train = [_row("batched", None, time_batched(on_device, recipe, **kw), n_img)]
+        for w in a.workers:
+            t = time_per_sample(images, labels, recipe, workers=w, device=device, **kw)
+            train.append(_row("per-sample", w, t, n_img))
+        report["train"] = train
+        report["train_model"] = {"feature_dim": a.feature_dim, "loss": "dcl, tau=0.1"}
+        _print_table("full training steps (augment + forward/backward + SGD)", train)
     else:
         report["train_skipped"] = "--train-steps 0"
 
@@ -381,7 +348,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     if a.json:
         path = Path(a.json)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        atomic_write(path, json.dumps(report, indent=2, default=str) + "\n")
         print(f"\nwrote {path}")
     return report
 

@@ -30,14 +30,14 @@ import torch
 
 import dcl_teach
 from dcl_teach.augment import recipe_for, two_views
+from dcl_teach.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from dcl_teach.config import BOOKKEEPING_FIELDS, TrainConfig
 from dcl_teach.data import data_dir, load_dataset
-from dcl_teach.train import CheckpointError, TrainConfig, load_checkpoint, save_checkpoint, train
+from dcl_teach.train import train
 
 CACHE_FORMAT = 1  # bump when the content of a cache file changes meaning
 CACHE_DIR = "embeddings"  # sub-folder of data_dir()
-# Config fields that do not change the trained weights (where files go, what is printed).
-NEUTRAL_FIELDS = ("out_dir", "data_root", "download", "progress", "eval_batch_size",
-                  "checkpoint_every")  # fmt: skip
+NEUTRAL_FIELDS = BOOKKEEPING_FIELDS  # fields that do not change the trained weights
 RECORD_KEYS = ("epoch", "loss", "q_b", "knn_acc")  # per-epoch history kept (no timings)
 
 
@@ -76,8 +76,13 @@ def cache_key(config: TrainConfig, *, views_seed: int) -> dict[str, Any]:
     Taught in notebook 03.
     """
     fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in NEUTRAL_FIELDS}
-    return {"config": fields, "views_seed": views_seed, "format": CACHE_FORMAT,
-            "dcl_teach": dcl_teach.__version__, "torch": str(torch.__version__)}  # fmt: skip
+    return {
+        "config": fields,
+        "views_seed": views_seed,
+        "format": CACHE_FORMAT,
+        "dcl_teach": dcl_teach.__version__,
+        "torch": str(torch.__version__),
+    }
 
 
 def cache_path(
@@ -184,10 +189,17 @@ def trained_embeddings(
         except (CheckpointError, OSError, KeyError, ValueError):
             state = {}  # unreadable: rebuild below
         if _valid(state, key):
-            return Embeddings(state["z1"], state["z2"], state["labels"], list(state["records"]),
-                              key, from_cache=True)  # fmt: skip
+            return Embeddings(
+                state["z1"],
+                state["z2"],
+                state["labels"],
+                list(state["records"]),
+                key,
+                from_cache=True,
+            )
     emb = compute_embeddings(config, views_seed=views_seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(path, {"key": key, "z1": emb.z1, "z2": emb.z2, "labels": emb.labels,
-                           "records": emb.records})  # fmt: skip
+    save_checkpoint(
+        path, {"key": key, "z1": emb.z1, "z2": emb.z2, "labels": emb.labels, "records": emb.records}
+    )
     return emb

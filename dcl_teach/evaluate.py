@@ -218,9 +218,14 @@ def knn_accuracy(
     if num_classes is None:
         num_classes = int(max(train_labels.max(), test_labels.max())) + 1
     pred = knn_predict(
-        train_feats, train_labels, test_feats, num_classes=num_classes, k=k, t=t,
+        train_feats,
+        train_labels,
+        test_feats,
+        num_classes=num_classes,
+        k=k,
+        t=t,
         chunk_size=chunk_size,
-    )  # fmt: skip
+    )
     return (pred == test_labels.to(pred.device)).float().mean().item()
 
 
@@ -371,18 +376,26 @@ def baselines(
     bank_images, bank_labels = train.images[bank], train.labels[bank].to(device)
     test_labels, c = test.labels.to(device), len(train.classes)
     raw = knn_accuracy(
-        pixel_features(bank_images.to(device), name=train.name), bank_labels,
-        pixel_features(test.images.to(device), name=train.name), test_labels,
-        num_classes=c, k=k, t=t,
-    )  # fmt: skip
+        pixel_features(bank_images.to(device), name=train.name),
+        bank_labels,
+        pixel_features(test.images.to(device), name=train.name),
+        test_labels,
+        num_classes=c,
+        k=k,
+        t=t,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_model(train.name, feature_dim=feature_dim, norm=norm).to(device)
     rand = knn_accuracy(
-        embed(model, bank_images, name=train.name, device=device), bank_labels,
-        embed(model, test.images, name=train.name, device=device), test_labels,
-        num_classes=c, k=k, t=t,
-    )  # fmt: skip
+        embed(model, bank_images, name=train.name, device=device),
+        bank_labels,
+        embed(model, test.images, name=train.name, device=device),
+        test_labels,
+        num_classes=c,
+        k=k,
+        t=t,
+    )
     return {"raw_pixels": raw, "random_encoder": rand}
 
 

@@ -37,8 +37,9 @@ def _check_norm(norm: str) -> None:
 def _resnet_width(feature_dim: int | None, width: int | None) -> int:
     """The base width of a ResNet18 given its feature_dim, its width, both or neither."""
     for name, value in (("feature_dim", feature_dim), ("width", width)):
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                                  or value <= 0):  # fmt: skip
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value <= 0
+        ):
             raise ValueError(f"ResNet18 {name} must be a positive integer, got {value!r}")
     if feature_dim is not None and feature_dim % 8:
         raise ValueError(f"ResNet18 feature_dim must be a multiple of 8, got {feature_dim}")
@@ -292,8 +293,10 @@ def build_model(
             in_channels=in_channels, feature_dim=feature_dim, width=width, norm=norm
         )
     elif width is not None:
-        raise ValueError(f"width is the ResNet-18's base width (cifar10), got {width!r} for "
-                         f"{dataset!r}: set feature_dim instead")  # fmt: skip
+        raise ValueError(
+            f"width is the ResNet-18's base width (cifar10), got {width!r} for "
+            f"{dataset!r}: set feature_dim instead"
+        )
     else:
         feature_dim = default_dim if feature_dim is None else feature_dim
         encoder = SmallCNN(in_channels=in_channels, feature_dim=feature_dim, norm=norm)

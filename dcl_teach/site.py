@@ -346,9 +346,15 @@ def build_site(root: Path = Path("."), out: Path = Path("build/site"), *, quiet:
     scratch_was_there = scratch.exists()
     with open(log, "w", encoding="utf-8") as stream:
         app = Sphinx(
-            str(src), str(src), str(out), str(doctrees), "html",
-            status=stream if quiet else None, warning=stream, freshenv=False,
-        )  # fmt: skip
+            str(src),
+            str(src),
+            str(out),
+            str(doctrees),
+            "html",
+            status=stream if quiet else None,
+            warning=stream,
+            freshenv=False,
+        )
         app.build()
     if not scratch_was_there:
         shutil.rmtree(scratch, ignore_errors=True)

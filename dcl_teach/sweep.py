@@ -51,7 +51,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from dcl_teach.bench import machine_info
+from dcl_teach.atomic import atomic_write
+from dcl_teach.config import TrainConfig
 from dcl_teach.data import ImageSet, load_dataset
 from dcl_teach.evaluate import (
     embed,
@@ -61,7 +62,8 @@ from dcl_teach.evaluate import (
     pixel_features,
 )
 from dcl_teach.models import build_model
-from dcl_teach.train import TrainConfig, _atomic_write, train
+from dcl_teach.provenance import machine_info
+from dcl_teach.train import train
 
 ARMS = ("infonce", "dcl", "dclw", "infonce_lrq", "infonce_steps", "dcl_steps")
 METRICS = ("knn_few", "probe_few", "knn_all", "probe_all")
@@ -231,9 +233,13 @@ def baseline_results(
     """The protocols on raw pixels, and on an untrained encoder of every seed of the sweep."""
     name = train_set.name
     pixels = evaluate_features(
-        pixel_features(train_set.images, name=name), train_set.labels,
-        pixel_features(test_set.images, name=name), test_set.labels, draws, config=config,
-    )  # fmt: skip
+        pixel_features(train_set.images, name=name),
+        train_set.labels,
+        pixel_features(test_set.images, name=name),
+        test_set.labels,
+        draws,
+        config=config,
+    )
     untrained = []
     for seed in config.seeds:
         with torch.random.fork_rng(devices=[]):
@@ -249,9 +255,15 @@ def baseline_results(
 def run_config(spec: RunSpec, config: SweepConfig, lr: float, out: Path) -> TrainConfig:
     """The :class:`TrainConfig` of one run of the grid."""
     return dataclasses.replace(
-        config.base, loss=spec.loss, batch_size=spec.batch_size, seed=spec.seed,
-        epochs=spec.epochs, lr=lr, eval_every=spec.epochs, out_dir=str(out / "runs" / spec.name),
-    )  # fmt: skip
+        config.base,
+        loss=spec.loss,
+        batch_size=spec.batch_size,
+        seed=spec.seed,
+        epochs=spec.epochs,
+        lr=lr,
+        eval_every=spec.epochs,
+        out_dir=str(out / "runs" / spec.name),
+    )
 
 
 def run_sweep(
@@ -325,15 +337,22 @@ def _train_and_evaluate(spec, config, rows, out, train_set, test_set, draws) -> 
     run = run_config(spec, config, lr, out)
     history = train(run)
     row = {
-        "name": spec.name, "arm": spec.arm, "loss": spec.loss, "batch_size": spec.batch_size,
-        "seed": spec.seed, "epochs": spec.epochs, "steps": history.records[-1]["step"],
-        "lr": lr, "q_b_mean": statistics.fmean(history.column("q_b")),
-        "q_b_final": history.records[-1]["q_b"], "train_loss": history.records[-1]["loss"],
+        "name": spec.name,
+        "arm": spec.arm,
+        "loss": spec.loss,
+        "batch_size": spec.batch_size,
+        "seed": spec.seed,
+        "epochs": spec.epochs,
+        "steps": history.records[-1]["step"],
+        "lr": lr,
+        "q_b_mean": statistics.fmean(history.column("q_b")),
+        "q_b_final": history.records[-1]["q_b"],
+        "train_loss": history.records[-1]["loss"],
         **evaluate_encoder(history.model, train_set, test_set, draws, config=config),
         "wall_time_s": history.meta["wall_time_s"],
-    }  # fmt: skip
+    }
     folder = Path(run.out_dir)
-    _atomic_write(folder / RESULT_NAME, json.dumps(row, indent=2).encode())
+    atomic_write(folder / RESULT_NAME, json.dumps(row, indent=2))
     if not config.keep_checkpoints:
         (folder / "checkpoint.pt").unlink(missing_ok=True)
     return row
@@ -344,8 +363,11 @@ def _read_result(path: Path, spec: RunSpec) -> dict[str, Any] | None:
         return None
     row = json.loads(path.read_text())
     same = (row.get("arm"), row.get("batch_size"), row.get("seed"), row.get("epochs")) == (
-        spec.arm, spec.batch_size, spec.seed, spec.epochs,
-    )  # fmt: skip
+        spec.arm,
+        spec.batch_size,
+        spec.seed,
+        spec.epochs,
+    )
     return row if same else None
 
 
@@ -353,13 +375,17 @@ def provenance(command: str | None, wall_time_s: float) -> dict[str, Any]:
     """Package and torch versions, the CPU (and GPU), threads, the command and the wall time."""
     machine = machine_info("cuda" if torch.cuda.is_available() else "cpu")
     return {
-        "dcl_teach_version": machine["dcl_teach"], "torch_version": machine["torch"],
-        "python_version": machine["python"], "cpu": machine["cpu"], "cores": machine["cores"],
-        "threads": machine["torch_threads"], "gpu": machine.get("gpu"),
+        "dcl_teach_version": machine["dcl_teach"],
+        "torch_version": machine["torch"],
+        "python_version": machine["python"],
+        "cpu": machine["cpu"],
+        "cores": machine["cores"],
+        "threads": machine["torch_threads"],
+        "gpu": machine.get("gpu"),
         "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY", "native"),
         "command": command if command is not None else " ".join(sys.argv),
         "wall_time_s": wall_time_s,
-    }  # fmt: skip
+    }
 
 
 def _config_dict(config: SweepConfig) -> dict[str, Any]:
@@ -437,14 +463,28 @@ def paired_gaps(
             if not diffs:
                 continue
             mean = statistics.fmean(diffs)
-            row = {"arm": arm, "reference": ref, "batch_size": bs, "metric": metric,
-                   "n": len(diffs), "diffs": diffs, "mean": mean, "sd": None,
-                   "ci_low": None, "ci_high": None, "decided": False}  # fmt: skip
+            row = {
+                "arm": arm,
+                "reference": ref,
+                "batch_size": bs,
+                "metric": metric,
+                "n": len(diffs),
+                "diffs": diffs,
+                "mean": mean,
+                "sd": None,
+                "ci_low": None,
+                "ci_high": None,
+                "decided": False,
+            }
             if len(diffs) > 1:  # one seed has no spread: no interval, nothing decided
                 sd = statistics.stdev(diffs)
                 half = t_quantile(len(diffs) - 1) * sd / math.sqrt(len(diffs))
-                row.update(sd=sd, ci_low=mean - half, ci_high=mean + half,
-                           decided=bool(mean - half > 0 or mean + half < 0))  # fmt: skip
+                row.update(
+                    sd=sd,
+                    ci_low=mean - half,
+                    ci_high=mean + half,
+                    decided=bool(mean - half > 0 or mean + half < 0),
+                )
             out.append(row)
     return out
 
@@ -454,14 +494,14 @@ def write_results(results: dict[str, Any], out_dir: str | os.PathLike) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(results, indent=2, allow_nan=False)  # strict JSON, readable anywhere
-    _atomic_write(out / "results.json", (text + "\n").encode())
+    atomic_write(out / "results.json", text + "\n")
     for name, rows in (("results.csv", results["runs"]), ("summary.csv", results["summary"])):
         buffer = io.StringIO()
         if rows:
             writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
             writer.writeheader()
             writer.writerows(rows)
-        _atomic_write(out / name, buffer.getvalue().encode())
+        atomic_write(out / name, buffer.getvalue())
 
 
 COMMITTED_RESULTS = "results/digits-sweep"  # the sweep shipped with the repository
@@ -513,7 +553,7 @@ def load_results(
             ) from e
         _check_results(json.loads(payload), url)
         file.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(file, payload)
+        atomic_write(file, payload)
     if not file.exists():
         raise FileNotFoundError(
             f"no sweep results at {file}: clone the repository (they are committed under "
@@ -540,14 +580,19 @@ def format_summary(results: dict[str, Any], metric: str = "knn_few") -> str:
     sizes = sorted({r["batch_size"] for r in summary})
     arms = list(dict.fromkeys(r["arm"] for r in summary))
     cell = {(r["arm"], r["batch_size"]): r for r in summary}
-    lines = [f"{METRIC_NAMES[metric]} (%), mean +/- sd over seeds", f"{'arm':<14}" + "".join(
-        f"{'B=' + str(b):>14}" for b in sizes)]  # fmt: skip
+    lines = [
+        f"{METRIC_NAMES[metric]} (%), mean +/- sd over seeds",
+        f"{'arm':<14}" + "".join(f"{'B=' + str(b):>14}" for b in sizes),
+    ]
     for arm in arms:
         parts = []
         for b in sizes:
             r = cell.get((arm, b))
-            parts.append(f"{'':>14}" if r is None else
-                         f"{100 * r[metric]:8.1f} +/-{100 * r[metric + '_sd']:4.1f}")  # fmt: skip
+            parts.append(
+                f"{'':>14}"
+                if r is None
+                else f"{100 * r[metric]:8.1f} +/-{100 * r[metric + '_sd']:4.1f}"
+            )
         lines.append(f"{arm:<14}" + "".join(parts))
     lines.append("")
     lines.append("same-seed gaps (points), mean [95 % interval]")
@@ -611,22 +656,29 @@ def plot_sweep(results: dict[str, Any], metric: str = "knn_few"):
         ax_q.plot(xs, [cells[arm, b]["q_b_mean"] for b in xs], "o-", label=ARM_LABELS[arm])
     base = results["baselines"]
     for key, style in (("raw_pixels", ":"), ("untrained_encoder", "--")):
-        ax_acc.axhline(100 * base[key][metric], color="gray", ls=style,
-                       label=key.replace("_", " "))  # fmt: skip
+        ax_acc.axhline(100 * base[key][metric], color="gray", ls=style, label=key.replace("_", " "))
     low = min(100 * base["untrained_encoder"][metric], min(100 * r[metric] for r in cells.values()))
     ax_acc.set_ylim(5 * math.floor(low / 5) - 5, 100)
     for j, (arm, ref) in enumerate((("dcl", "infonce"), ("dcl", "infonce_lrq"))):
         gaps = [g for g in paired_gaps(results["runs"], metric, ((arm, ref),))]
         for g in gaps:
             x = g["batch_size"] * 1.06 ** (2 * j - 1)
-            ax_gap.scatter([x] * g["n"], [100 * d for d in g["diffs"]], s=12,
-                           color=f"C{j}", alpha=0.5)  # fmt: skip
+            ax_gap.scatter(
+                [x] * g["n"], [100 * d for d in g["diffs"]], s=12, color=f"C{j}", alpha=0.5
+            )
         if gaps:
             xs = [g["batch_size"] * 1.06 ** (2 * j - 1) for g in gaps]
             ys = [100 * g["mean"] for g in gaps]
             lo = [100 * (g["mean"] - g["ci_low"]) for g in gaps]
-            ax_gap.errorbar(xs, ys, yerr=lo, fmt="s", capsize=4, color=f"C{j}",
-                            label=f"{ARM_LABELS[arm]} - {ARM_LABELS[ref]}")  # fmt: skip
+            ax_gap.errorbar(
+                xs,
+                ys,
+                yerr=lo,
+                fmt="s",
+                capsize=4,
+                color=f"C{j}",
+                label=f"{ARM_LABELS[arm]} - {ARM_LABELS[ref]}",
+            )
     ax_gap.axhline(0, color="black", lw=0.8)
     name = METRIC_NAMES[metric]
     ax_acc.set(ylabel=f"{name} (%)", title=f"{name}, mean +/- sd over seeds")

@@ -102,11 +102,18 @@ def jupyter_lab(tmp_path_factory) -> Iterator[Callable[[Path], LabServer]]:
         port, token = _free_port(), secrets.token_hex(16)
         log = home / "server.log"
         cmd = [
-            sys.executable, "-m", "jupyter", "lab", "--no-browser",
-            "--ServerApp.ip=127.0.0.1", f"--port={port}", "--port-retries=0",
-            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root_dir}",
+            sys.executable,
+            "-m",
+            "jupyter",
+            "lab",
+            "--no-browser",
+            "--ServerApp.ip=127.0.0.1",
+            f"--port={port}",
+            "--port-retries=0",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={root_dir}",
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-        ]  # fmt: skip
+        ]
         if IPC:  # kernels on Unix sockets: no TCP port to lose to a concurrent start
             cmd += ["--KernelManager.transport=ipc", f"--KernelManager.ip={home / 'kernel'}"]
         if hasattr(os, "geteuid") and os.geteuid() == 0:

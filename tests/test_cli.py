@@ -36,15 +36,41 @@ def test_no_flags_is_the_default_config():
 
 def test_flags_map_onto_the_config():
     c = parse(
-        "--loss", "infonce", "--tau", "0.2", "--batch-size", "32", "--epochs", "3",
-        "--num-labels-per-class", "5", "--max-steps", "none", "--out", "runs/x",
-        "--no-progress", "--compile", "--amp", "off", "--warmup-epochs", "0",
-    )  # fmt: skip
+        "--loss",
+        "infonce",
+        "--tau",
+        "0.2",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "3",
+        "--num-labels-per-class",
+        "5",
+        "--max-steps",
+        "none",
+        "--out",
+        "runs/x",
+        "--no-progress",
+        "--compile",
+        "--amp",
+        "off",
+        "--warmup-epochs",
+        "0",
+    )
     expected = dataclasses.replace(
-        TrainConfig(), loss="infonce", tau=0.2, batch_size=32, epochs=3, num_labels_per_class=5,
-        max_steps=None, out_dir="runs/x", progress=False, compile=True, amp="off",
+        TrainConfig(),
+        loss="infonce",
+        tau=0.2,
+        batch_size=32,
+        epochs=3,
+        num_labels_per_class=5,
+        max_steps=None,
+        out_dir="runs/x",
+        progress=False,
+        compile=True,
+        amp="off",
         warmup_epochs=0.0,
-    )  # fmt: skip
+    )
     assert c == expected
     assert parse("--out-dir", "a").out_dir == "a"
 
@@ -67,9 +93,19 @@ def test_preset_flag_comes_first_then_the_flags():
 
 def test_compare_takes_a_preset_and_the_grid_replaces_loss_and_batch():
     args = build_parser().parse_args(
-        ["compare", "--preset", "colab", "--losses", "infonce", "dcl", "--batch-sizes", "128",
-         "256", "512"]
-    )  # fmt: skip
+        [
+            "compare",
+            "--preset",
+            "colab",
+            "--losses",
+            "infonce",
+            "dcl",
+            "--batch-sizes",
+            "128",
+            "256",
+            "512",
+        ]
+    )
     assert config_from_args(args) == TrainConfig.preset("colab", out_dir="runs/compare")
     assert (args.losses, args.batch_sizes) == (["infonce", "dcl"], [128, 256, 512])
 
@@ -128,8 +164,21 @@ def test_tiny_train_run_prints_accuracy_and_baselines(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", *TINY_FLAGS, "--max-steps", "5", "--out", str(out)])
     assert "pass --resume to continue it or --fresh" in capsys.readouterr().err
-    assert main(["train", *TINY_FLAGS, "--max-steps", "5", "--out", str(out), "--resume",
-                 "--no-baselines"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                *TINY_FLAGS,
+                "--max-steps",
+                "5",
+                "--out",
+                str(out),
+                "--resume",
+                "--no-baselines",
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "history.json").read_text())["meta"]["resumed_from_step"] == 3
     # A checkpoint from other settings is refused with the differing field named.
     assert main(["train", *TINY_FLAGS, "--tau", "0.3", "--out", str(out), "--resume"]) == 1
@@ -138,9 +187,22 @@ def test_tiny_train_run_prints_accuracy_and_baselines(tmp_path, capsys):
 
 def test_compare_on_a_tiny_grid_writes_plot_and_summary(tmp_path, capsys):
     out = tmp_path / "grid"
-    argv = ["compare", "--losses", "infonce", "dcl", "--batch-sizes", "32", "64", "--out",
-            str(out), *[f for f in TINY_FLAGS if f not in ("--batch-size", "64")],
-            "--epochs", "1", "--max-steps", "2"]  # fmt: skip
+    argv = [
+        "compare",
+        "--losses",
+        "infonce",
+        "dcl",
+        "--batch-sizes",
+        "32",
+        "64",
+        "--out",
+        str(out),
+        *[f for f in TINY_FLAGS if f not in ("--batch-size", "64")],
+        "--epochs",
+        "1",
+        "--max-steps",
+        "2",
+    ]
     assert main(argv) == 0
     png = (out / "compare.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
@@ -151,8 +213,11 @@ def test_compare_on_a_tiny_grid_writes_plot_and_summary(tmp_path, capsys):
     with open(out / "summary.csv") as f:
         assert [(r["loss"], int(r["batch_size"])) for r in csv.DictReader(f)] == runs
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [
-        "dcl_bs32", "dcl_bs64", "infonce_bs32", "infonce_bs64",
-    ]  # fmt: skip
+        "dcl_bs32",
+        "dcl_bs64",
+        "infonce_bs32",
+        "infonce_bs64",
+    ]
     assert "infonce     32" in capsys.readouterr().out
 
 

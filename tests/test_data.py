@@ -24,8 +24,8 @@ from dcl_teach.data import (
     data_dir,
     load_dataset,
     mean_std,
-    write_fake_cifar10,
 )
+from tests.fake_cifar10 import write_fake_cifar10
 
 RPB = 20  # records per batch of the fake archive
 

@@ -58,13 +58,16 @@ def test_colab_preset_fits_its_budget_by_the_estimate():
 def test_run_step_reports_passed_failed_and_timeout(tmp_path):
     ok = gpu_check.run_step("ok", [sys.executable, "-c", "print('hi')"], timeout=60, cwd=tmp_path)
     assert (ok["status"], ok["returncode"], ok["output_tail"].strip()) == ("passed", 0, "hi")
-    bad = gpu_check.run_step("bad", [sys.executable, "-c", "raise SystemExit(3)"], timeout=60,
-                             cwd=tmp_path)  # fmt: skip
+    bad = gpu_check.run_step(
+        "bad", [sys.executable, "-c", "raise SystemExit(3)"], timeout=60, cwd=tmp_path
+    )
     assert (bad["status"], bad["returncode"]) == ("failed", 3)
     slow = gpu_check.run_step(
-        "slow", [sys.executable, "-c", "print('x', flush=True); import time; time.sleep(30)"],
-        timeout=3, cwd=tmp_path,
-    )  # fmt: skip
+        "slow",
+        [sys.executable, "-c", "print('x', flush=True); import time; time.sleep(30)"],
+        timeout=3,
+        cwd=tmp_path,
+    )
     assert slow["status"] == "timeout" and slow["returncode"] is None and slow["seconds"] < 20
 
 
@@ -77,14 +80,25 @@ def fake_step(calls):
             out = Path(cmd[cmd.index("--out") + 1])
             out.mkdir(parents=True)
             records = [
-                {"epoch": e, "images_per_s": ips, "epoch_time_s": 50_000 / ips, "loss": 5.0,
-                 "knn_acc": None if e == 1 else 0.1}
+                {
+                    "epoch": e,
+                    "images_per_s": ips,
+                    "epoch_time_s": 50_000 / ips,
+                    "loss": 5.0,
+                    "knn_acc": None if e == 1 else 0.1,
+                }
                 for e, ips in ((1, 2000.0), (2, 2500.0))
-            ]  # fmt: skip
+            ]
             meta = {"device_name": "Stub GPU", "wall_time_s": 50.0}
             (out / "history.json").write_text(json.dumps({"records": records, "meta": meta}))
-        return {"name": name, "command": " ".join(cmd), "status": "passed", "returncode": 0,
-                "seconds": 1.0, "output_tail": ""}  # fmt: skip
+        return {
+            "name": name,
+            "command": " ".join(cmd),
+            "status": "passed",
+            "returncode": 0,
+            "seconds": 1.0,
+            "output_tail": "",
+        }
 
     return step
 
@@ -94,8 +108,9 @@ def test_report_from_stub_steps_names_the_gpu_and_the_images_per_s(tmp_path, mon
     calls = []
     work = tmp_path / "work"
     work.mkdir()
-    report = gpu_check.run_check(work, gpu={"name": "Stub GPU"}, step=fake_step(calls),
-                                 records_per_batch=20)  # fmt: skip
+    report = gpu_check.run_check(
+        work, gpu={"name": "Stub GPU"}, step=fake_step(calls), records_per_batch=20
+    )
     names = [c[0] for c in calls]
     assert names == ["cuda_tests", "loss_bench", "colab_epochs"]
     cmds = {name: cmd for name, cmd, _ in calls}
@@ -125,9 +140,12 @@ def test_report_from_stub_steps_names_the_gpu_and_the_images_per_s(tmp_path, mon
 def test_main_writes_the_report_and_returns_1_when_a_step_failed(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(gpu_check, "gpu_info", lambda: {"name": "Stub GPU"})
-    report = {"gpu": {"name": "Stub GPU"}, "colab": {"images_per_s": [1.0, 2.0]},
-              "steps": [{"name": "cuda_tests", "status": "failed", "seconds": 1.0}],
-              "all_passed": False}  # fmt: skip
+    report = {
+        "gpu": {"name": "Stub GPU"},
+        "colab": {"images_per_s": [1.0, 2.0]},
+        "steps": [{"name": "cuda_tests", "status": "failed", "seconds": 1.0}],
+        "all_passed": False,
+    }
     monkeypatch.setattr(gpu_check, "run_check", lambda work, gpu: report)
     out = tmp_path / "r.json"
     assert gpu_check.main(["--out", str(out)]) == 1

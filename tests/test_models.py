@@ -77,8 +77,12 @@ def test_resnet18_width_sets_every_stage_and_the_parameter_count(width):
     # At w = 64 this is the standard 11,168,832 of the test above.
     enc = ResNet18(width=width)
     assert n_params(enc) == 2724 * width**2 + 177 * width
-    assert [stage[0].conv1.out_channels for stage in enc.stages] == [width, 2 * width,
-                                                                      4 * width, 8 * width]  # fmt: skip
+    assert [stage[0].conv1.out_channels for stage in enc.stages] == [
+        width,
+        2 * width,
+        4 * width,
+        8 * width,
+    ]
     x = torch.zeros(2, 3, 32, 32)
     assert enc.stem(x).shape == (2, width, 32, 32)
     assert enc.stages(enc.stem(x)).shape == (2, 8 * width, 4, 4)

@@ -237,14 +237,24 @@ def test_a_missing_notebook_page_is_caught(built, tmp_path):
 
 def test_benchmark_page_shows_unrecorded_numbers_as_a_dash(tmp_path):
     report = {
-        "loss": "dcl", "D": 128, "dtype": "float32", "tau": 0.1, "repeats": 1,
+        "loss": "dcl",
+        "D": 128,
+        "dtype": "float32",
+        "tau": 0.1,
+        "repeats": 1,
         "machine": {"cpu": "test", "torch_threads": 1, "torch": "x"},
         "results": [
-            {"N": 8, "variant": "fused", "seconds": 0.002, "vs_floor": None,
-             "naive_vs_this": None, "peak_extra_MiB": None},
+            {
+                "N": 8,
+                "variant": "fused",
+                "seconds": 0.002,
+                "vs_floor": None,
+                "naive_vs_this": None,
+                "peak_extra_MiB": None,
+            },
             {"N": 8, "variant": "naive", "failed": True},
         ],
-    }  # fmt: skip
+    }
     (tmp_path / "loss-dcl.json").write_text(json.dumps(report))
     page = site.benchmarks_page("# T\n## Benchmarks\nprose\n", tmp_path)
     assert "| 8 | fused | 2.0 | - | - | - |" in page

@@ -86,10 +86,16 @@ def test_paired_gaps_pair_by_seed_and_decide_only_beyond_the_spread():
 
 def test_summaries_are_mean_and_sample_sd_over_seeds():
     runs = [
-        {"arm": "dcl", "batch_size": 8, "q_b_mean": 0.5, "wall_time_s": 2.0, "seed": s,
-         **{m: v for m in sw.METRICS}}
+        {
+            "arm": "dcl",
+            "batch_size": 8,
+            "q_b_mean": 0.5,
+            "wall_time_s": 2.0,
+            "seed": s,
+            **{m: v for m in sw.METRICS},
+        }
         for s, v in enumerate((0.7, 0.8, 0.9))
-    ]  # fmt: skip
+    ]
     (row,) = sw.summarize_runs(runs)
     assert row["n"] == 3 and row["knn_few"] == pytest.approx(0.8)
     assert row["knn_few_sd"] == pytest.approx(0.1)  # sample sd (n - 1)
@@ -213,8 +219,13 @@ def test_committed_sweep_covers_the_grid(committed):
 # seed-to-seed sd is up to 0.016 for few-label kNN. The tolerances are about twice the measured
 # deviations: a rerun that misses them has changed the experiment, not its rounding.
 REPRODUCE_RUNS = ("infonce_bs64_seed0", "dcl_bs64_seed0")
-REPRODUCE_ATOL = {"knn_few": 0.04, "probe_few": 0.03, "knn_all": 0.045, "probe_all": 0.03,
-                  "q_b_mean": 0.01}  # fmt: skip
+REPRODUCE_ATOL = {
+    "knn_few": 0.04,
+    "probe_few": 0.03,
+    "knn_all": 0.045,
+    "probe_all": 0.03,
+    "q_b_mean": 0.01,
+}
 
 
 @pytest.mark.slow

@@ -222,7 +222,7 @@ def fake_cifar10(tmp_path, monkeypatch):
     from functools import partial
 
     import dcl_teach.train as train_module
-    from dcl_teach.data import write_fake_cifar10
+    from tests.fake_cifar10 import write_fake_cifar10
 
     archive = write_fake_cifar10(tmp_path / "fake.tar.gz", records_per_batch=20, seed=0)
     md5 = hashlib.md5(archive.read_bytes()).hexdigest()
@@ -235,14 +235,23 @@ def test_cifar10_path_trains_a_resnet18_on_a_fake_archive(tmp_path, fake_cifar10
     from dcl_teach.models import ResNet18
 
     cfg = TrainConfig.for_dataset(
-        "cifar10", feature_dim=16, proj_dim=8, batch_size=16, epochs=2, warmup_epochs=0.0,
-        max_steps=8, knn_k=10, data_root=str(fake_cifar10), progress=False,
-    )  # fmt: skip
+        "cifar10",
+        feature_dim=16,
+        proj_dim=8,
+        batch_size=16,
+        epochs=2,
+        warmup_epochs=0.0,
+        max_steps=8,
+        knn_k=10,
+        data_root=str(fake_cifar10),
+        progress=False,
+    )
     h = train(cfg)
     assert isinstance(h.model.encoder, ResNet18) and h.model.encoder.stem[0].in_channels == 3
     assert [(r["epoch"], r["step"], r["complete"]) for r in h.records] == [
-        (1, 6, True), (2, 8, False),
-    ]  # 100 training images: 6 steps of 16 per epoch  # fmt: skip
+        (1, 6, True),
+        (2, 8, False),
+    ]  # 100 training images: 6 steps of 16 per epoch
     assert all(math.isfinite(r["loss"]) and 0 <= r["knn_acc"] <= 1 for r in h.records)
 
 
@@ -251,9 +260,15 @@ def test_colab_preset_takes_a_step_on_the_cpu(tmp_path, fake_cifar10):
     from dcl_teach.models import ResNet18
 
     cfg = TrainConfig.preset(
-        "colab", device="cpu", batch_size=16, max_steps=1, knn_k=10,
-        data_root=str(fake_cifar10), out_dir=str(tmp_path / "run"), progress=False,
-    )  # fmt: skip
+        "colab",
+        device="cpu",
+        batch_size=16,
+        max_steps=1,
+        knn_k=10,
+        data_root=str(fake_cifar10),
+        out_dir=str(tmp_path / "run"),
+        progress=False,
+    )
     h = train(cfg)
     assert isinstance(h.model.encoder, ResNet18) and h.model.encoder.width == 32
     assert [(r["epoch"], r["step"], r["complete"]) for r in h.records] == [(1, 1, False)]
@@ -268,14 +283,21 @@ def test_colab_preset_takes_a_step_on_the_cpu(tmp_path, fake_cifar10):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_colab_preset_on_cuda_uses_fp16_loss_scaling_and_channels_last(tmp_path, fake_cifar10):
     cfg = TrainConfig.preset(
-        "colab", batch_size=16, epochs=2, max_steps=8, knn_k=10, data_root=str(fake_cifar10),
-        out_dir=str(tmp_path / "run"), progress=False,
-    )  # fmt: skip
+        "colab",
+        batch_size=16,
+        epochs=2,
+        max_steps=8,
+        knn_k=10,
+        data_root=str(fake_cifar10),
+        out_dir=str(tmp_path / "run"),
+        progress=False,
+    )
     h = train(cfg)
     assert h.meta["device"].startswith("cuda")
     assert [(r["epoch"], r["step"], r["complete"]) for r in h.records] == [
-        (1, 6, True), (2, 8, False),
-    ]  # fmt: skip
+        (1, 6, True),
+        (2, 8, False),
+    ]
     assert all(math.isfinite(r["loss"]) and 0 <= r["knn_acc"] <= 1 for r in h.records)
     weight = h.model.encoder.stem[0].weight
     assert weight.is_cuda and weight.is_contiguous(memory_format=torch.channels_last)
@@ -434,11 +456,17 @@ def test_run_grid_and_summary(tmp_path):
     base = dataclasses.replace(TINY, epochs=1, max_steps=3)
     hs = run_grid(base, losses=["infonce", "dcl"], batch_sizes=[32, 64], out_dir=tmp_path)
     assert [(h.config["batch_size"], h.config["loss"]) for h in hs] == [
-        (32, "infonce"), (32, "dcl"), (64, "infonce"), (64, "dcl"),
-    ]  # fmt: skip
+        (32, "infonce"),
+        (32, "dcl"),
+        (64, "infonce"),
+        (64, "dcl"),
+    ]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "dcl_bs32", "dcl_bs64", "infonce_bs32", "infonce_bs64",
-    ]  # fmt: skip
+        "dcl_bs32",
+        "dcl_bs64",
+        "infonce_bs32",
+        "infonce_bs64",
+    ]
     rows = summarize(hs)
     assert [r["knn_acc"] for r in rows] == [h.final_knn for h in hs]
     with pytest.raises(ValueError, match="loss"):
@@ -459,9 +487,12 @@ DDP_CONFIG = dataclasses.replace(TINY, norm="none", epochs=1, max_steps=4, knn_k
 
 def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-        WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-    )  # fmt: skip
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
     torch.set_num_threads(1)
     h = train(DDP_CONFIG)
     if rank == 0:
