@@ -77,7 +77,7 @@ print(f"dcl_teach {dcl_teach.__version__} on {device}")
 # | **00 Start here** | the map of the course, the notation, how exercises work, an environment check | `dcl_teach.exercises` |
 # | **01 InfoNCE from scratch** | the $2N \times 2N$ similarity matrix, positives and negatives, a numerically stable loss, closed forms to test against | `dcl_teach.masks`, `dcl_teach.losses.info_nce` |
 # | **02 The gradient of InfoNCE** | the gradient derived by hand, the coupling factor $q_B$ that multiplies all of it, and why learning stalls when $q_B \approx 0$ | `dcl_teach.grads` (`info_nce_grad`, `coupling`) |
-# | **03 $q_B$, batch size and temperature** | how the batch size and $\tau$ shift the distribution of $q_B$, with an interactive explorer | `dcl_teach.grads.coupling`, `dcl_teach.widgets` |
+# | **03 $q_B$, batch size and temperature** | how the batch size and $\tau$ shift the distribution of $q_B$, with an interactive explorer | `dcl_teach.grads.coupling`, `dcl_teach.synthetic`, `dcl_teach.widgets` |
 # | **04 Decoupled contrastive learning (DCL)** | drop the positive from the denominator and $q_B$ leaves the gradient; a memory-efficient kernel | `dcl_teach.losses.dcl`, `dcl_teach.grads.dcl_grad`, `dcl_teach.fused` |
 # | **05 Weighted DCL (DCLW)** | a von Mises-Fisher weight that lets hard positives pull harder | `dcl_teach.losses.dclw`, `dcl_teach.grads.vmf_weights` |
 # | **06 Train it yourself** | SimCLR-style training with InfoNCE, DCL and DCLW, judged by kNN accuracy | `dcl_teach.data`, `augment`, `models`, `train`, `evaluate` |
@@ -112,21 +112,21 @@ print(f"dcl_teach {dcl_teach.__version__} on {device}")
 # ## 3. Notation
 #
 # One notation, fixed here and used in every notebook and in the package's docstrings. A batch
-# holds $N$ images; each is augmented twice, giving two *views*, and an encoder maps every view
-# to an embedding of dimension $D$.
+# holds $N$ images (the **batch size** $N$ counts pairs); each is augmented twice, giving two
+# *views*, so $2N$ embeddings, and an encoder maps every view to an embedding of dimension $D$.
 #
 # | Symbol (code) | Meaning | Shape | Yeh et al. (2021) |
 # |---|---|---|---|
 # | $z^{(1)}, z^{(2)}$ (`z1`, `z2`) | embeddings of the two views; row $i$ of `z2` is the positive of row $i$ of `z1` | $(N, D)$ | $z_i^{(1)}, z_i^{(2)}$ |
 # | $z$ (`z`) | both views stacked, `cat([z1, z2])`; row $a$ is *anchor* $a$ | $(2N, D)$ | (the $2N$ samples) |
-# | $a$, $p(a)$ | an anchor, and the row of its positive, $p(a) = (a + N) \bmod 2N$ | index | $i$ with view $k$ |
+# | $a$, $\mathrm{pos}(a)$ | an anchor, and the row of its positive, $\mathrm{pos}(a) = (a + N) \bmod 2N$ | index | $i$ with view $k$ |
 # | $s$ (`s`) | similarities $s_{a,j} = \langle z_a, z_j \rangle / \tau$ | $(2N, 2N)$ | $\langle z_i, z_j \rangle / \tau$ |
 # | $\tau$ (`tau`) | temperature | scalar | $\tau$ |
 # | $p$ (`p`) | softmax weight of an entry in row $a$'s denominator | $(2N, 2N)$ | (no symbol) |
-# | $\mathcal{N}(a)$ | the $2N - 2$ negatives of anchor $a$: every row but $a$ and $p(a)$ | set | $j \ne i$, both views $l$ |
+# | $\mathcal{N}(a)$ | the $2N - 2$ negatives of anchor $a$: every row but $a$ and $\mathrm{pos}(a)$ | set | $j \ne i$, both views $l$ |
 # | $U_a$ | sum of $e^{s_{a,j}}$ over the negatives $j \in \mathcal{N}(a)$ | $(2N,)$ | $U_{i,k}$ (Eq. 2) |
 # | $p^-$ | softmax over the negatives alone, $e^{s_{a,j}} / U_a$ (from notebook 02) | $(2N, 2N)$ | (no symbol) |
-# | $q$ (`q`) | coupling factor $q_B$: one minus the weight $p$ of the positive | $(2N,)$ | $q_{B,i}^{(k)}$ (Eq. 4) |
+# | $q$ (`q`) | coupling factor $q_B$: one minus the weight $p_{a,\mathrm{pos}(a)}$ of the positive | $(2N,)$ | $q_{B,i}^{(k)}$ (Eq. 4) |
 # | $w$ (`w`) | DCLW weight of a positive pair | $(N,)$ | $w(z_i^{(1)}, z_i^{(2)})$ |
 # | $\sigma$ (`sigma`) | width of the DCLW weighting | scalar | $\sigma$ |
 #
@@ -134,8 +134,9 @@ print(f"dcl_teach {dcl_teach.__version__} on {device}")
 #
 # * Embeddings are **L2-normalised** (each row has length 1), so $\langle z_a, z_j \rangle$ is a
 #   cosine similarity in $[-1, 1]$ and $s_{a,j} \in [-1/\tau, 1/\tau]$.
-# * $p$ (the softmax weight) and $p(a)$ (the index of the positive) share a letter; the weight
-#   *of the positive* is written $p_{a, p(a)}$.
+# * The letter $p$ is kept for softmax weights ($p_{a,j}$, and $p^-_{a,j}$ over the negatives
+#   alone); the index of the positive is spelt out, $\mathrm{pos}(a)$, so the weight *of the
+#   positive* reads $p_{a,\mathrm{pos}(a)}$.
 # * Each anchor has one positive and $2N - 2$ negatives: both views of every other image.
 # * The package **averages** the loss over the $2N$ anchors; the paper **sums** it. That changes
 #   the scale only (`reduction="sum"` gives the paper's number).
@@ -294,40 +295,70 @@ assert torch.allclose(C.diagonal(), torch.ones(6, dtype=torch.float64)) and torc
 print(f"diagonal all 1: True, symmetric: True, range [{C.min().item():.3f}, {C.max().item():.3f}]")
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
-# ### Exercise 0.2: the closed form $\log(2N - 1)$, as a function
+# ### Exercise 0.2: a collapsed encoder that flips one view
 #
-# Write `infonce_identical(n)`: the InfoNCE loss of a batch of `n` pairs in which all $2n$
-# embeddings are the same vector. Before you type, convince yourself of the two facts it rests
-# on: how many candidates share the softmax of an anchor, and why $\tau$ does not matter. You
-# may return a Python float or a tensor.
+# The closed form above belongs to an encoder that maps everything to one point. Here is a
+# worse one: it maps every first view to a unit vector $u$ and every second view to $-u$. Each
+# positive pair now points in *opposite* directions. Before you write any code, work out on paper,
+# for one anchor of the first view:
+#
+# * the cosine to its positive, to each of the $N - 1$ other first views (same-view negatives),
+#   and to each of the $N - 1$ other second views (cross-view negatives);
+# * the loss $L_a = -s_{a,\mathrm{pos}(a)} + \log \sum_{j \ne a} e^{s_{a,j}}$ with
+#   $s_{a,j} = \langle z_a, z_j \rangle / \tau$, simplified as far as you can.
+#
+# Then write `infonce_opposite_views(n, tau)`. Does $\tau$ matter now? Predict: is the loss
+# above or below $\log(2N - 1)$, and what happens as $\tau$ grows? A cell below tests your
+# prediction.
 
 # %% exercise="0.2" tags=["exercise"]
-def infonce_identical(n: int) -> float:
-    """InfoNCE of n pairs whose 2n embeddings are all the same vector."""
+def infonce_opposite_views(n: int, tau: float) -> float:
+    """InfoNCE of n pairs whose first views are all u and second views all -u (|u| = 1)."""
     # Your code here.
     raise NotImplementedError
 
 
 # %% exercise="0.2" tags=["check"]
-z_five = torch.ones(5, 3, dtype=torch.float64)  # (N, D) with N = 5
-verdict = check("0.2", infonce_identical, 5, expected=info_nce(z_five, z_five, tau=0.3))
-identical_fn = infonce_identical if verdict.ok else (lambda n: math.log(2 * n - 1))
+u = F.normalize(torch.randn(1, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2)))
+flipped = info_nce(u.repeat(5, 1), -u.repeat(5, 1), tau=0.5)  # N = 5, tau = 0.5
+verdict = check("0.2", infonce_opposite_views, 5, 0.5, expected=flipped)
+opposite_fn = (
+    infonce_opposite_views
+    if verdict.ok
+    else (lambda n, tau: 2 / tau + math.log((n - 1) + n * math.exp(-2 / tau)))
+)
 
 # %% exercise="0.2" jupyter={"source_hidden": true} tags=["solution"]
-def infonce_identical(n: int) -> float:
-    """InfoNCE of n pairs whose 2n embeddings are all the same vector."""
-    # All 2n - 1 candidates of an anchor have the same similarity, so the softmax is uniform
-    # and the positive gets 1 / (2n - 1), at any temperature.
-    return math.log(2 * n - 1)
+def infonce_opposite_views(n: int, tau: float) -> float:
+    """InfoNCE of n pairs whose first views are all u and second views all -u (|u| = 1)."""
+    # Anchor u: positive -u (cosine -1, s = -1/tau), n - 1 same-view negatives u (s = +1/tau),
+    # n - 1 cross-view negatives -u (s = -1/tau). So, multiplying inside the log by e^{-1/tau},
+    # L_a = 1/tau + log(n e^{-1/tau} + (n - 1) e^{1/tau}) = 2/tau + log(n - 1 + n e^{-2/tau}).
+    # Every anchor (either view) sees the same picture, so L is this value.
+    return 2 / tau + math.log((n - 1) + n * math.exp(-2 / tau))
 
 
 # %% [markdown] slideshow={"slide_type": "fragment"}
-# The function we carry on with reproduces every point of the figure above:
+# Test your prediction with the function we carry on with: for $N = 8$ the flipped encoder
+# against the collapsed one, $\log(2N - 1)$, at several temperatures, and the same loss
+# computed by `info_nce` on the actual embeddings.
 
-# %%
-ours = np.array([float(identical_fn(int(n))) for n in sizes])  # (64,)
-assert np.allclose(ours, measured[0.1], rtol=1e-5, atol=1e-6)
-print(f"closed form matches info_nce for N = 1..64 (largest loss {ours.max():.4f} at N = 64)")
+# %% tags=["nbval-check-output"]
+n_demo = 8
+ones_u = F.normalize(torch.ones(n_demo, 3, dtype=torch.float64), dim=1)  # (N, D) all equal to u
+for t in (0.1, 1.0, 10.0, 100.0):
+    ours = float(opposite_fn(n_demo, t))
+    assert math.isclose(ours, info_nce(ones_u, -ones_u, tau=t).item(), rel_tol=1e-9)
+    assert ours > math.log(2 * n_demo - 1)
+    print(
+        f"tau = {t:5}: flipped views {ours:8.4f}  >  log(2N - 1) = {math.log(2 * n_demo - 1):.4f}"
+    )
+
+# %% [markdown]
+# Opposite positives cost more than a collapse, and the price grows like $2/\tau$ as the
+# temperature falls: a sharp softmax punishes a confident wrong answer hard. As $\tau$ grows,
+# every $s_{a,j}$ shrinks towards $0$, the softmax becomes uniform again, and the loss falls back
+# to $\log(2N - 1)$.
 
 
 # %% [markdown] slideshow={"slide_type": "slide"}
@@ -343,6 +374,6 @@ print(f"closed form matches info_nce for N = 1..64 (largest loss {ours.max():.4f
 # **Exercises in this notebook**
 #
 # * 0.1 The cosine similarity matrix.
-# * 0.2 The closed form $\log(2N - 1)$, as a function.
+# * 0.2 A collapsed encoder that flips one view.
 #
 # Next: **01 InfoNCE from scratch**, where you build the loss one piece at a time.
