@@ -364,6 +364,29 @@ def all_gather_plain(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)  # (nW, D)
 
 
+def all_gather_own_rows(x: torch.Tensor) -> torch.Tensor:
+    """The half fix of :func:`all_gather_plain`: put this rank's own rows back, with gradient.
+
+    Gradient now reaches this rank's rows through its own loss, but never from the other
+    ranks' losses, which also use these rows as negatives.
+
+    Args:
+        x: (n, D) this rank's rows (an initialised process group is required).
+
+    Returns:
+        (nW, D) every rank's rows; only this rank's carry gradient.
+
+    Taught in notebook 09.
+    """
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    parts[dist.get_rank()] = x
+    return torch.cat(parts)  # (nW, D)
+
+
+GRAD_THROUGH = ("all", "own", "none")
+
+
 def dcl_two_ranks(
     z1: torch.Tensor,
     z2: torch.Tensor,
@@ -371,33 +394,40 @@ def dcl_two_ranks(
     tau: float = 0.1,
     normalize: bool = True,
     world: int = 2,
-    gather_grad: bool = True,
+    grad_through: str = "all",
 ) -> torch.Tensor:
     """DCL of a batch split over ``world`` ranks, simulated exactly in one process.
 
     Rank r holds rows ``r n .. (r + 1) n - 1`` of each view, gathers every rank's rows and
     computes :func:`rank_loss`. Data parallelism averages the ranks' gradients, so the
-    simulated loss is the mean of the rank losses. With ``gather_grad=True`` the gathered
-    rows carry gradient back to the rank that owns them (what ``gather_with_grad`` does with
-    an all-reduce); the result is DCL, value and gradient. With ``gather_grad=False`` each
-    gathered copy is detached, as ``torch.distributed.all_gather`` returns it: the value is
-    unchanged, and only the gradient through each rank's own anchors survives.
-    ``tests/test_bugs.py`` checks both against two real gloo processes.
+    simulated loss is the mean of the rank losses. ``grad_through`` says which gathered rows
+    carry gradient back to the rank that owns them:
+
+    * ``"all"``: every row, as :func:`dcl_teach.distributed.gather_with_grad` does with an
+      all-reduce in its backward. The result is DCL, value and gradient.
+    * ``"own"``: only the rank's own rows (``parts[rank] = x`` after ``all_gather``; also
+      what lightly's gather layer did before v1.5.4). A rank never receives the gradient that
+      the *other* ranks' anchors send to its rows.
+    * ``"none"``: no row, as ``torch.distributed.all_gather`` returns them. Only the gradient
+      through each rank's own anchors survives.
+
+    The value is the same in all three. ``tests/test_bugs.py`` checks the simulation against
+    two real gloo processes.
 
     Args:
         z1, z2, tau, normalize: as in :func:`dcl_reference`; N must be a multiple of ``world``.
         world: number of ranks W.
-        gather_grad: whether the gather passes gradients back.
+        grad_through: ``"all"``, ``"own"`` or ``"none"``.
 
     Returns:
         0-dim tensor.
 
     Raises:
-        ValueError: N not a multiple of ``world``, or fewer than 1 pair per rank.
+        ValueError: N not a multiple of ``world``, a bad ``world`` or ``grad_through``.
 
     Example:
         >>> z1, z2 = torch.eye(4, dtype=torch.float64), torch.eye(4, dtype=torch.float64).flip(0)
-        >>> bool(torch.isclose(dcl_two_ranks(z1, z2, gather_grad=False), dcl_reference(z1, z2)))
+        >>> bool(torch.isclose(dcl_two_ranks(z1, z2, grad_through="none"), dcl_reference(z1, z2)))
         True
 
     Taught in notebook 09.
@@ -405,6 +435,8 @@ def dcl_two_ranks(
     tau = _checked(z1, z2, tau, "DCL")
     if isinstance(world, bool) or not isinstance(world, int) or world < 1:
         raise ValueError(f"world must be a positive int, got {world!r}")
+    if grad_through not in GRAD_THROUGH:
+        raise ValueError(f"grad_through must be one of {GRAD_THROUGH}, got {grad_through!r}")
     if z1.shape[0] % world:
         raise ValueError(f"N = {z1.shape[0]} pairs do not split evenly over {world} ranks")
     if normalize:
@@ -412,11 +444,14 @@ def dcl_two_ranks(
     n = z1.shape[0] // world
     parts1, parts2 = z1.split(n), z2.split(n)  # W tensors of (n, D) each
 
-    def gathered(parts: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        return torch.cat([p if gather_grad else p.detach() for p in parts])  # (nW, D)
+    def gathered(parts: tuple[torch.Tensor, ...], rank: int) -> torch.Tensor:
+        keep = [
+            grad_through == "all" or (grad_through == "own" and q == rank) for q in range(world)
+        ]
+        return torch.cat([p if k else p.detach() for p, k in zip(parts, keep)])  # (nW, D)
 
     losses = [
-        rank_loss(parts1[r], parts2[r], gathered(parts1), gathered(parts2), rank=r, tau=tau)
+        rank_loss(parts1[r], parts2[r], gathered(parts1, r), gathered(parts2, r), rank=r, tau=tau)
         for r in range(world)
     ]
     return torch.stack(losses).mean()  # DDP's average of the ranks' gradients
@@ -429,7 +464,7 @@ def dcl_two_ranks_all_gather(
 
     The value is DCL's; the gradient lacks every path through a gathered copy, i.e. the
     "candidate" half of Eq. (4.4) of the course. :func:`dcl_two_ranks` with
-    ``gather_grad=False``.
+    ``grad_through="none"``.
 
     Args:
         z1, z2, tau, normalize: as in :func:`dcl_reference`; N must be even.
@@ -444,7 +479,7 @@ def dcl_two_ranks_all_gather(
 
     Taught in notebook 09.
     """
-    return dcl_two_ranks(z1, z2, tau=tau, normalize=normalize, world=2, gather_grad=False)
+    return dcl_two_ranks(z1, z2, tau=tau, normalize=normalize, world=2, grad_through="none")
 
 
 BROKEN: dict[str, Loss] = {

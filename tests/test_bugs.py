@@ -219,7 +219,7 @@ def test_two_ranks_with_gradient_is_dcl(n):
 def test_all_gather_keeps_only_the_anchor_term(n, world):
     z1, z2 = _unit(n, 5, seed=n)
     leaves = (z1.clone().requires_grad_(), z2.clone().requires_grad_())
-    loss = bugs.dcl_two_ranks(*leaves, tau=0.2, normalize=False, world=world, gather_grad=False)
+    loss = bugs.dcl_two_ranks(*leaves, tau=0.2, normalize=False, world=world, grad_through="none")
     torch.testing.assert_close(loss, dcl(z1, z2, tau=0.2, normalize=False), rtol=1e-12, atol=1e-12)
     got = torch.cat(torch.autograd.grad(loss, leaves))
     z = torch.cat([z1, z2])
@@ -229,12 +229,28 @@ def test_all_gather_keeps_only_the_anchor_term(n, world):
     assert not torch.allclose(got, anchor_term + c.T @ z / (0.2 * 2 * n))
 
 
+def test_own_rows_only_lose_the_other_ranks_candidate_term():
+    n, world = 4, 2
+    z1, z2 = _unit(n, 5, seed=9)
+    leaves = (z1.clone().requires_grad_(), z2.clone().requires_grad_())
+    loss = bugs.dcl_two_ranks(*leaves, tau=0.2, normalize=False, grad_through="own")
+    got = torch.cat(torch.autograd.grad(loss, leaves))
+    z = torch.cat([z1, z2])
+    c = _coefficients(z, n, 0.2)
+    rank_of = torch.arange(2 * n) % n // (n // world)  # owner of each stacked row
+    same_rank = rank_of[:, None] == rank_of[None, :]  # (2N, 2N) anchor and candidate together
+    expected = (c @ z + (c * same_rank).T @ z) / (0.2 * 2 * n)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-13)
+
+
 def test_two_ranks_rejects_uneven_splits():
     z = torch.eye(3, dtype=torch.float64)
     with pytest.raises(ValueError, match="do not split evenly over 2 ranks"):
         bugs.dcl_two_ranks_all_gather(z, z)
     with pytest.raises(ValueError, match="world must be a positive int"):
         bugs.dcl_two_ranks(z, z, world=0)
+    with pytest.raises(ValueError, match="grad_through must be one of"):
+        bugs.dcl_two_ranks(z, z, world=1, grad_through="some")
     with pytest.raises(ValueError, match="gathered views of n \\* W rows"):
         bugs.rank_loss(z, z, z[:2], z[:2], rank=0)
     with pytest.raises(ValueError, match="rank"):
@@ -242,6 +258,7 @@ def test_two_ranks_rejects_uneven_splits():
 
 
 WORLD = 2
+GATHERS = {"none": bugs.all_gather_plain, "own": bugs.all_gather_own_rows, "all": gather_with_grad}
 
 
 def _free_port():
@@ -258,7 +275,7 @@ def _worker(rank, port, out_dir):
         z1_all, z2_all = _unit(2 * WORLD, 5, seed=7)
         sl = slice(rank * 2, (rank + 1) * 2)
         result = {}
-        for name, gather in (("plain", bugs.all_gather_plain), ("with_grad", gather_with_grad)):
+        for name, gather in GATHERS.items():
             z1 = z1_all[sl].clone().requires_grad_()
             z2 = z2_all[sl].clone().requires_grad_()
             g1, g2 = gather(z1), gather(z2)
@@ -276,15 +293,15 @@ def test_simulation_equals_two_gloo_processes(tmp_path):
     mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     z1, z2 = _unit(2 * WORLD, 5, seed=7)
     expected = {}
-    for name, keep in (("plain", False), ("with_grad", True)):
+    for name, mode in (("none", "none"), ("own", "own"), ("all", "all")):
         leaves = (z1.clone().requires_grad_(), z2.clone().requires_grad_())
-        loss = bugs.dcl_two_ranks(*leaves, tau=0.2, normalize=False, gather_grad=keep)
+        loss = bugs.dcl_two_ranks(*leaves, tau=0.2, normalize=False, grad_through=mode)
         expected[name] = torch.autograd.grad(loss, leaves)
     for rank in range(WORLD):
         got = torch.load(tmp_path / f"rank{rank}.pt")
-        assert got["plain_requires_grad"] is False and got["with_grad_requires_grad"] is True
+        assert got["none_requires_grad"] is False and got["all_requires_grad"] is True
         sl = slice(rank * 2, (rank + 1) * 2)
-        for name in ("plain", "with_grad"):
+        for name in GATHERS:
             for g, e in zip(got[name], expected[name]):
                 torch.testing.assert_close(g, e[sl], rtol=1e-10, atol=1e-13)
 
