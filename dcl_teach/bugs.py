@@ -587,12 +587,69 @@ def passes_gradient(loss: Loss) -> bool:
     )
 
 
+def passes_below_zero(loss: Loss) -> bool:
+    """Sign: with identical positives and orthogonal negatives at tau = 0.1, DCL is negative.
+
+    (The value is log(2N - 2) - 1/tau, Eq. (4.3)'s argument with cosines 1 and 0.) A loss
+    that keeps the positive in its denominator can never go below zero.
+
+    Example:
+        >>> passes_below_zero(dcl_reference), passes_below_zero(dcl_eps_mask)
+        (True, False)
+
+    Taught in notebook 09.
+    """
+    z = torch.eye(4, dtype=torch.float64)  # (N, D)
+    return float(loss(z, z, tau=0.1)) < 0
+
+
+def passes_bounds(loss: Loss) -> bool:
+    """Bounds: on random batches, log(2N-2) - 2/tau <= L <= log(2N-2) + 2/tau, Eq. (4.3) and its mirror.
+
+    Example:
+        >>> passes_bounds(dcl_reference), passes_bounds(dcl_summed)
+        (True, False)
+
+    Taught in notebook 09.
+    """
+    g = torch.Generator().manual_seed(2)
+    for n in (2, 8):
+        for tau in (0.1, 0.5):
+            for _ in range(5):
+                z1 = torch.randn(n, 3, generator=g, dtype=torch.float64)  # (N, D)
+                z2 = torch.randn(n, 3, generator=g, dtype=torch.float64)  # (N, D)
+                value = float(loss(z1, z2, tau=tau))
+                if not abs(value - math.log(2 * n - 2)) <= 2 / tau + 1e-12:
+                    return False
+    return True
+
+
+def passes_symmetries(loss: Loss) -> bool:
+    """Invariances: swapping the views and permuting the pairs change nothing.
+
+    Example:
+        >>> passes_symmetries(dcl_reference), passes_symmetries(dcl_summed)  # catches none of the six
+        (True, True)
+
+    Taught in notebook 09.
+    """
+    g = torch.Generator().manual_seed(3)
+    z1 = torch.randn(6, 5, generator=g, dtype=torch.float64)  # (N, D)
+    z2 = torch.randn(6, 5, generator=g, dtype=torch.float64)  # (N, D)
+    perm = torch.randperm(6, generator=g)  # (N,)
+    base = float(loss(z1, z2, tau=0.2))
+    return _close(loss(z2, z1, tau=0.2), base) and _close(loss(z1[perm], z2[perm], tau=0.2), base)
+
+
 TESTS: dict[str, Callable[[Loss], bool]] = {
+    "symmetries": passes_symmetries,
     "identical": passes_identical,
     "aligned-orthogonal": passes_aligned_orthogonal,
-    "anti-aligned": passes_anti_aligned,
+    "below zero": passes_below_zero,
     "rescaling": passes_rescaling,
     "gradient": passes_gradient,
+    "anti-aligned": passes_anti_aligned,
+    "bounds": passes_bounds,
 }
 """The reference tests of notebook 09, by the tool they use."""
 

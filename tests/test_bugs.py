@@ -365,13 +365,13 @@ def test_summed_is_2n_times_the_mean_in_value_and_gradient(n, d):
 
 # --- the tests and the grading ------------------------------------------------------------------
 
-CAUGHT = {  # which reference test catches which bug (True = the test fails the broken loss)
-    "two logsumexps": {"identical", "aligned-orthogonal", "anti-aligned", "gradient"},
-    "eps mask": {"identical", "aligned-orthogonal", "anti-aligned", "gradient"},
-    "forgot normalize": {"rescaling"},
+CAUGHT = {  # which reference test catches which bug (it fails the broken loss)
+    "two logsumexps": {"identical", "aligned-orthogonal", "gradient", "anti-aligned"},
+    "eps mask": {"identical", "aligned-orthogonal", "below zero", "gradient", "anti-aligned"},
+    "forgot normalize": {"rescaling", "bounds"},
     "all_gather": {"gradient"},
-    "positive on diagonal": {"anti-aligned", "gradient"},
-    "sum, not mean": {"identical", "aligned-orthogonal", "anti-aligned", "gradient"},
+    "positive on diagonal": {"gradient", "anti-aligned"},
+    "sum, not mean": {"identical", "aligned-orthogonal", "gradient", "anti-aligned", "bounds"},
 }
 
 
