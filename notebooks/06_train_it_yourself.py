@@ -64,6 +64,7 @@ from dcl_teach.data import load_dataset
 from dcl_teach.evaluate import knn_predict
 from dcl_teach.exercises import check
 from dcl_teach.grads import coupling
+from dcl_teach.losses import info_nce
 from dcl_teach.train import TrainConfig, lr_factor, train
 
 # %matplotlib inline
@@ -167,11 +168,11 @@ plt.show()
 # ResNet-18 (3x3 stem, no max-pool). The optimiser is SGD with momentum 0.9. The learning rate
 # grows linearly for `warmup_epochs`, then follows half a cosine to zero:
 #
-# $$\eta_t = \eta \cdot \frac{B}{256} \cdot \begin{cases} \dfrac{t+1}{T_w} & t < T_w \\[4pt]
+# $$\eta_t = \eta \cdot \frac{N}{256} \cdot \begin{cases} \dfrac{t+1}{T_w} & t < T_w \\[4pt]
 # \tfrac12\big(1 + \cos(\pi \tfrac{t - T_w}{T - T_w})\big) & t \ge T_w \end{cases} \tag{6.1}$$
 #
-# The factor $B/256$ is the linear scaling rule: a batch of 32 takes eight times as many, eight
-# times smaller steps per epoch as a batch of 256.
+# for a batch of $N$ pairs. The factor $N/256$ is the linear scaling rule: a batch of 32 takes
+# eight times as many, eight times smaller steps per epoch as a batch of 256.
 
 # %%
 steps = torch.arange(200)
@@ -268,7 +269,7 @@ scores = {
     loss: sweep.evaluate_encoder(h.model, train_set, test_set, draws, config=SWEEP)
     for loss, h in live.items()
 }
-print(f"2 runs of {BASE.epochs} epochs at B = {LIVE_BATCH} in {time.perf_counter() - start:.0f} s")
+print(f"2 runs of {BASE.epochs} epochs at N = {LIVE_BATCH} in {time.perf_counter() - start:.0f} s")
 
 # %%
 fig, (ax_acc, ax_q) = plt.subplots(1, 2, figsize=(10, 3.2), layout="constrained")
@@ -278,7 +279,7 @@ for loss, h in live.items():
 ax_acc.set(xlabel="epoch", ylabel="kNN accuracy, all labels (%)", ylim=(50, 100),
            title="kNN accuracy per epoch")  # fmt: skip
 ax_q.set(xlabel="epoch", ylabel="mean $q_B$ of the batches", ylim=(0, 1),
-         title=f"coupling factor $q_B$ at B = {LIVE_BATCH}")  # fmt: skip
+         title=f"coupling factor $q_B$ at N = {LIVE_BATCH}")  # fmt: skip
 for ax in (ax_acc, ax_q):
     ax.grid(alpha=0.3)
     ax.legend()
@@ -301,7 +302,8 @@ assert live["infonce"].records[-1]["q_b"] < 0.5 < live["infonce"].records[0]["q_
 # %% [markdown]
 # Read the right-hand panel with notebook 03 in mind. At initialisation all embeddings of an
 # untrained network are nearly the same vector, every anchor's denominator holds $2N - 1$
-# roughly equal terms and $q_B \approx (2N-2)/(2N-1)$, close to 1 (Exercise 6.2). As training
+# roughly equal terms, the positive's share is about $1/(2N - 1)$ and
+# $q_B \approx (2N-2)/(2N-1)$, close to 1 (the cell below computes it). As training
 # pulls positives together, the positive takes a larger share of the denominator and $q_B$
 # falls. With InfoNCE every gradient term is multiplied by that factor (Eq. 3 of Yeh et al.),
 # so the better the positives are found, the more the loss brakes itself. DCL's gradient has no
@@ -313,11 +315,25 @@ assert live["infonce"].records[-1]["q_b"] < 0.5 < live["infonce"].records[0]["q_
 # InfoNCE's gradient is $q_B$ times smaller, so at one learning rate its steps are smaller too.
 # The next section deals with both.
 
+# %% tags=["nbval-check-output"]
+for n in (LIVE_BATCH, 256):  # q_B when all 2N embeddings coincide: (2N - 2) / (2N - 1)
+    same = torch.ones(n, 4, dtype=torch.float64)  # (N, D)
+    q_same = coupling(same, same, tau=0.1)[0].item()
+    assert abs(q_same - (2 * n - 2) / (2 * n - 1)) < 1e-12
+    print(f"N = {n:>3}: collapsed q_B = {q_same:.4f}")
+
+# %% [markdown]
+# Both values are close to 1: this is where every run starts. The first point of each curve
+# above is already the mean over a whole epoch of learning, below this ceiling. From there, a
+# small batch falls much further than a large one (the right panel of section 4).
+
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## 4. The sweep: five batch sizes, three seeds, two controls
 #
 # `python -m dcl_teach sweep` trains every combination of an *arm*, a batch size and a seed,
-# and judges each encoder with the protocols of section 2. Its arms:
+# and judges each encoder with the protocols of section 2. (The sweep's tables, figure and
+# files call the batch size $B$, after the `batch_size` field; it is the $N$ of the rest of the
+# course: $N$ pairs, $2N$ embeddings.) Its arms:
 #
 # * `infonce`, `dcl`, `dclw`: the three losses with the same settings (30 epochs, as above);
 # * `infonce_lrq`, **the learning-rate control**: InfoNCE with its learning rate divided by the
@@ -404,17 +420,17 @@ def undecided(arm: str, ref: str) -> list[int]:
     return [b for b in sizes if (arm, ref, b) in gaps and not gaps[arm, ref, b]["decided"]]
 
 
-print(f"DCL beats InfoNCE (decided) at B = {where('dcl', 'infonce', +1)}; InfoNCE beats DCL at "
-      f"B = {where('dcl', 'infonce', -1)}; not decided at B = {undecided('dcl', 'infonce')}.")  # fmt: skip
-print(f"DCL beats InfoNCE with lr / q_B (decided) at B = {where('dcl', 'infonce_lrq', +1)}; "
-      f"not decided at B = {undecided('dcl', 'infonce_lrq')}.")  # fmt: skip
-print(f"Dividing InfoNCE's learning rate by q_B helps (decided) at B = "
-      f"{where('infonce_lrq', 'infonce', +1)}, hurts at B = {where('infonce_lrq', 'infonce', -1)}.")  # fmt: skip
-print(f"DCLW beats InfoNCE (decided) at B = {where('dclw', 'infonce', +1)}; "
-      f"not decided at B = {undecided('dclw', 'infonce')}.")  # fmt: skip
-print(f"With the steps matched to B = {SWEEP.match_steps_of}: DCL beats InfoNCE (decided) at "
-      f"B = {where('dcl_steps', 'infonce_steps', +1)}, not decided at "
-      f"B = {undecided('dcl_steps', 'infonce_steps')}.")  # fmt: skip
+print(f"DCL beats InfoNCE (decided) at N = {where('dcl', 'infonce', +1)}; InfoNCE beats DCL at "
+      f"N = {where('dcl', 'infonce', -1)}; not decided at N = {undecided('dcl', 'infonce')}.")  # fmt: skip
+print(f"DCL beats InfoNCE with lr / q_B (decided) at N = {where('dcl', 'infonce_lrq', +1)}; "
+      f"not decided at N = {undecided('dcl', 'infonce_lrq')}.")  # fmt: skip
+print(f"Dividing InfoNCE's learning rate by q_B helps (decided) at N = "
+      f"{where('infonce_lrq', 'infonce', +1)}, hurts at N = {where('infonce_lrq', 'infonce', -1)}.")  # fmt: skip
+print(f"DCLW beats InfoNCE (decided) at N = {where('dclw', 'infonce', +1)}; "
+      f"not decided at N = {undecided('dclw', 'infonce')}.")  # fmt: skip
+print(f"With the steps matched to N = {SWEEP.match_steps_of}: DCL beats InfoNCE (decided) at "
+      f"N = {where('dcl_steps', 'infonce_steps', +1)}, not decided at "
+      f"N = {undecided('dcl_steps', 'infonce_steps')}.")  # fmt: skip
 
 # %% [markdown]
 # How to read this, whatever the numbers above say:
@@ -451,7 +467,7 @@ print(f"With the steps matched to B = {SWEEP.match_steps_of}: DCL beats InfoNCE 
 # ResNet-18 per the README, although its code uses a ResNet-50; 100 epochs of pre-training, then
 # a linear probe; $\tau = 0.1$, $\sigma = 0.5$). CIFAR-10 linear accuracy (%), one run each:
 #
-# | loss | B = 32 | 64 | 128 | 256 |
+# | loss | N = 32 | 64 | 128 | 256 |
 # |---|---|---|---|---|
 # | SimCLR (cross-entropy) | 78.3 | 81.47 | 83.09 | 83.26 |
 # | DCL | 84.6 | 85.57 | 85.63 | 85.36 |
@@ -511,7 +527,7 @@ print(f"With the steps matched to B = {SWEEP.match_steps_of}: DCL beats InfoNCE 
 # **Several GPUs.** Under `torchrun`, `train` joins the process group, wraps the model in
 # DistributedDataParallel with synchronised BatchNorm, and gives each GPU its share of every
 # batch. The losses then gather the embeddings of all GPUs (`gather_distributed=True`), so
-# every anchor still sees the $2B - 2$ negatives of the whole batch:
+# every anchor still sees the $2N - 2$ negatives of the whole batch:
 #
 # ```bash
 # torchrun --nproc-per-node 4 -m dcl_teach train --preset cifar10 --batch-size 512 --out runs/ddp
@@ -539,7 +555,7 @@ print(f"With the steps matched to B = {SWEEP.match_steps_of}: DCL beats InfoNCE 
 # **Exercises in this notebook**
 #
 # * 6.1 The weighted kNN vote, one neighbour at a time.
-# * 6.2 $q_B$ of a collapsed batch.
+# * 6.2 $q_B$ from the InfoNCE loss.
 # * 6.3 (open) Change one setting and retrain.
 
 # %% [markdown] slideshow={"slide_type": "slide"}
@@ -583,43 +599,64 @@ def knn_vote(bank, bank_labels, query, k, t, num_classes):  # noqa: F811
 
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
-# ### Exercise 6.2: $q_B$ of a collapsed batch
+# ### Exercise 6.2: $q_B$ from the InfoNCE loss
 #
-# At initialisation the embeddings of all images are nearly the same vector. Write
-# `collapsed_q(n)` that returns, as a float, the coupling factor $q_B$ (2.4) of every anchor
-# when all $2N$ embeddings are identical. Derive the closed form from (2.4) instead of calling
-# `coupling`. It does not depend on $\tau$. Then compare $N = 32$ and $N = 256$ with the first
-# epoch of the curves above.
+# The training loop logs two numbers per epoch: the mean loss and the mean $q_B$ of the
+# batches. For InfoNCE they are not independent. From (1.3) and (2.4), derive the coupling
+# factor $q_a$ of one anchor as a function of its InfoNCE loss $L_a$ alone, and write
+# `q_from_loss(losses)` that maps per-anchor InfoNCE losses to their $q_B$ (no embeddings).
+#
+# Then, before you run the cell after the check, predict: the history only has epoch
+# *means*. Applied to an epoch's mean loss, does your function give more or less than the
+# epoch's logged mean $q_B$, or the same? (Hint: is your function convex or concave?)
 
 # %% exercise="6.2" tags=["exercise"]
-def collapsed_q(n: int) -> float:
-    """q_B of every anchor when all 2N embeddings coincide (closed form)."""
+def q_from_loss(losses: torch.Tensor) -> torch.Tensor:
+    """q_B of each anchor from its InfoNCE loss: losses (2N,) -> (2N,)."""
     # Your code here.
     raise NotImplementedError
 
 
 # %% exercise="6.2" tags=["check"]
-same = torch.ones(32, 4, dtype=torch.float64)  # (N, D) every embedding identical
-verdict = check("6.2", collapsed_q, 32, expected=coupling(same, same, tau=0.1)[0], atol=1e-9)
+g = torch.Generator().manual_seed(2)
+ex_z1, ex_z2 = torch.randn(16, 8, generator=g), torch.randn(16, 8, generator=g)  # (N, D)
+verdict = check(
+    "6.2", q_from_loss, info_nce(ex_z1, ex_z2, tau=0.1, reduction="none"),
+    expected=coupling(ex_z1, ex_z2, tau=0.1), atol=1e-5,
+)  # fmt: skip
+q_fn = q_from_loss if verdict.ok else (lambda losses: -torch.expm1(-losses))
 
 
 # %% exercise="6.2" jupyter={"source_hidden": true} tags=["solution"]
-def collapsed_q(n: int) -> float:  # noqa: F811
-    """q_B of every anchor when all 2N embeddings coincide (closed form)."""
-    # Every similarity is 1/tau: the positive is one of 2N - 1 equal terms in the denominator,
-    # so its softmax weight is 1 / (2N - 1) and q_B = (2N - 2) / (2N - 1), whatever tau is.
-    return (2 * n - 2) / (2 * n - 1)
+def q_from_loss(losses: torch.Tensor) -> torch.Tensor:  # noqa: F811
+    """q_B of each anchor from its InfoNCE loss: losses (2N,) -> (2N,)."""
+    # L_a = -log(positive's softmax weight), and q_a = 1 - that weight, so q_a = 1 - e^(-L_a).
+    # The function is concave: q of the mean loss is at least the mean q (Jensen).
+    return -torch.expm1(-losses)  # (2N,) 1 - e^(-L), accurate for small L too
 
-
-# %% tags=["nbval-check-output"]
-for n in (LIVE_BATCH, 256):  # the package's q_B of a collapsed batch, whatever your answer above
-    same = torch.ones(n, 4, dtype=torch.float64)  # (N, D)
-    print(f"N = {n:>3}: collapsed q_B = {coupling(same, same, tau=0.1)[0].item():.4f}")
 
 # %% [markdown]
-# Both values are close to 1: this is where every run starts. The first point of each curve
-# above is already the mean over a whole epoch of learning, below this ceiling. From there, a
-# small batch falls much further than a large one (the right panel of section 4).
+# The test of your prediction, on the live InfoNCE run of section 3, with the function we carry
+# on with. Within one batch the identity holds anchor by anchor; the log only keeps means.
+
+# %%
+h_info = live["infonce"]
+mean_loss = torch.tensor(h_info.column("loss"), dtype=torch.float64)  # (epochs,)
+mean_q = torch.tensor(h_info.column("q_b"), dtype=torch.float64)  # (epochs,)
+from_mean = q_fn(mean_loss)  # (epochs,) the function applied to each epoch's mean loss
+assert (mean_q <= from_mean + 1e-5).all()  # Jensen: 1 - e^(-L) is concave
+print(
+    f"InfoNCE at N = {LIVE_BATCH}: in all {len(mean_q)} epochs, logged mean q_B <= 1 - e^(-mean loss)"
+)
+print(
+    f"first epoch {mean_q[0]:.3f} <= {from_mean[0]:.3f}; last epoch {mean_q[-1]:.3f} <= {from_mean[-1]:.3f}"
+)
+
+# %% [markdown]
+# So the loss curve alone bounds $q_B$ from above, and the gap between the two is the spread
+# of the anchors' losses: equal losses would close it. DCL has an identity too: from
+# $L^{\text{DCL}}_a = L^{\text{InfoNCE}}_a + \log q_a$ (notebook 04), $q_a = 1/(1 + e^{-L^{\text{DCL}}_a})$,
+# a sigmoid; it is convex below 0 and concave above, so it gives no bound of this kind.
 #
 # ### Exercise 6.3 (open): change one setting and retrain
 #
