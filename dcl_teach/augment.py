@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from dcl_teach.data import mean_std
+from dcl_teach.data import mean_std, standardize
 
 # torchvision's rgb_to_grayscale weights (ITU-R 601-2 luma)
 _GRAY = (0.2989, 0.587, 0.114)
@@ -389,9 +389,7 @@ def apply_params(
         gray = rgb_to_grayscale(x).expand_as(x)  # (B, 3, S, S)
         x = torch.where(params["gray"].view(-1, 1, 1, 1), gray, x)
 
-    mean = torch.tensor(recipe.mean, device=x.device).view(1, c, 1, 1)  # (1, C, 1, 1)
-    std = torch.tensor(recipe.std, device=x.device).view(1, c, 1, 1)  # (1, C, 1, 1)
-    return (x - mean) / std  # (B, C, S, S)
+    return standardize(x, recipe.mean, recipe.std)  # (B, C, S, S)
 
 
 def augment(images: torch.Tensor, recipe: Recipe, *, generator: torch.Generator) -> torch.Tensor:

@@ -47,7 +47,7 @@ from dcl_teach.augment import (
     sample_params,
     two_views,
 )
-from dcl_teach.data import DATASETS, load_dataset
+from dcl_teach.data import DATASETS, load_dataset, standardize
 from dcl_teach.losses import dcl
 from dcl_teach.models import build_model
 from dcl_teach.provenance import machine_info
@@ -94,9 +94,7 @@ def augment_one(image: torch.Tensor, recipe: Recipe) -> torch.Tensor:
                 x = _OPS[k](x, p[_PARAM_NAMES[k]])  # (1, C, S, S)
     if c == 3 and p["gray"].item():
         x = rgb_to_grayscale(x).expand_as(x)
-    mean = torch.tensor(recipe.mean).view(1, c, 1, 1)
-    std = torch.tensor(recipe.std).view(1, c, 1, 1)
-    return ((x - mean) / std)[0]  # (C, S, S)
+    return standardize(x, recipe.mean, recipe.std)[0]  # (C, S, S)
 
 
 class PerSampleViews(Dataset):

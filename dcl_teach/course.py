@@ -24,13 +24,19 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import re
 import sys
 from pathlib import Path
 
-import nbformat
+try:
+    import nbformat
+except ImportError as e:  # a plain `pip install dcl-teach` has no notebook tooling
+    raise ImportError(
+        "dcl_teach.course needs nbformat and nbconvert, which the course extra brings: "
+        'pip install "dcl-teach[course]"'
+    ) from e
 
+from dcl_teach.atomic import atomic_write
 from dcl_teach.site import SiteError
 
 EDITIONS = ("student", "instructor")
@@ -41,11 +47,11 @@ class CourseError(ValueError):
     """A source notebook breaks the exercise conventions."""
 
 
-def _tags(cell) -> list[str]:
+def _tags(cell: dict) -> list[str]:
     return list(cell.get("metadata", {}).get("tags", []))
 
 
-def exercises(nb) -> dict[str, dict[str, int]]:
+def exercises(nb: nbformat.NotebookNode) -> dict[str, dict[str, int]]:
     """Map each exercise number to the index of its ``exercise``, ``check`` and ``solution`` cells.
 
     Raises:
@@ -85,7 +91,7 @@ def exercises(nb) -> dict[str, dict[str, int]]:
     return found
 
 
-def _clean(nb):
+def _clean(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     nb = copy.deepcopy(nb)
     for cell in nb.cells:
         if cell.cell_type == "code":
@@ -94,7 +100,7 @@ def _clean(nb):
     return nb
 
 
-def student_edition(nb):
+def student_edition(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """The notebook without solutions and instructor notes, outputs cleared."""
     exercises(nb)  # validate
     out = _clean(nb)
@@ -102,7 +108,7 @@ def student_edition(nb):
     return out
 
 
-def instructor_edition(nb):
+def instructor_edition(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """The notebook with each exercise stub replaced by its solution, outputs cleared."""
     parts = exercises(nb)
     out = _clean(nb)
@@ -165,7 +171,7 @@ REVEAL_DIR, MATHJAX_DIR = "reveal.js", "mathjax"
 """Folders next to the decks that hold their reveal.js and MathJax."""
 
 
-def slides_html(nb) -> str:
+def slides_html(nb: nbformat.NotebookNode) -> str:
     """A reveal.js deck of ``nb`` (its student edition), as ``jupyter nbconvert --to slides``.
 
     The deck expects reveal.js and MathJax in ``reveal.js/`` and ``mathjax/`` beside it
@@ -205,21 +211,14 @@ def write_decks(notebooks: list[Path], out: Path) -> list[Path]:
     written = []
     for path in notebooks:
         target = out / (Path(path).stem + ".slides.html")
-        _write(target, slides_html(nbformat.read(path, as_version=4)))
+        atomic_write(target, slides_html(nbformat.read(path, as_version=4)))
         written.append(target)
     return written
 
 
-def equation_tags(nb) -> list[str]:
+def equation_tags(nb: nbformat.NotebookNode) -> list[str]:
     r"""Every ``\tag{...}`` in the markdown cells, in order."""
     return [t for c in nb.cells if c.cell_type == "markdown" for t in TAG_RE.findall(c.source)]
-
-
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def build(source: Path, out: Path, *, slides: bool = True) -> dict[str, list[Path]]:
@@ -244,7 +243,7 @@ def build(source: Path, out: Path, *, slides: bool = True) -> dict[str, list[Pat
             raise CourseError(f"{path.name}: {err}") from None
         for name, edition in editions.items():
             target = Path(out) / name / path.name
-            _write(target, nbformat.writes(edition))
+            atomic_write(target, nbformat.writes(edition))
             written[name].append(target)
     if slides:
         written["slides"] = write_decks(notebooks, Path(out) / "slides")

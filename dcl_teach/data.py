@@ -20,7 +20,6 @@ Taught in notebook 06.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import shutil
@@ -28,11 +27,14 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
+
+from dcl_teach.atomic import atomic_output
 
 DATASETS = ("digits", "cifar10")
 SPLITS = ("train", "test")
@@ -143,6 +145,29 @@ def mean_std(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """
     _check_choice("dataset name", name, DATASETS)
     return _MEAN_STD[name]
+
+
+def standardize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Subtract a per-channel mean and divide by a per-channel std: ``(x - mean) / std``.
+
+    The one place where images are standardised: training views (:mod:`dcl_teach.augment`),
+    evaluation (:func:`dcl_teach.evaluate.normalize_images`) and the per-sample benchmark.
+
+    Args:
+        x: float images ``(B, C, H, W)`` on the 0..1 scale.
+        mean: one value per channel (see :func:`mean_std`).
+        std: one value per channel, all > 0.
+
+    Returns:
+        Float ``(B, C, H, W)``, same dtype and device as ``x``.
+
+    Example:
+        >>> standardize(torch.ones(1, 1, 2, 2), (0.5,), (0.25,)).flatten().tolist()
+        [2.0, 2.0, 2.0, 2.0]
+    """
+    mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)  # (1, C, 1, 1)
+    std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)  # (1, C, 1, 1)
+    return (x - mean_t) / std_t  # (B, C, H, W)
 
 
 def load_dataset(
@@ -303,41 +328,33 @@ def _download(url: str, archive: Path, *, md5: str) -> None:
     """Stream ``url`` into a temporary file beside ``archive``, check md5, rename into place."""
     from tqdm.auto import tqdm
 
-    fd, tmp_name = tempfile.mkstemp(dir=archive.parent, prefix=f".{archive.name}.", suffix=".part")
-    tmp = Path(tmp_name)
     digest = hashlib.md5()
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                response = urllib.request.urlopen(url, timeout=60)
-            except (TimeoutError, urllib.error.URLError, ConnectionError) as e:
-                raise RuntimeError(
-                    f"Could not download CIFAR-10 from {url} ({e}): there seems to be no "
-                    "network. " + _manual_help(archive.parent, url)
-                ) from e
-            with response:
-                total = int(response.headers.get("Content-Length") or 0) or None
-                with tqdm(total=total, unit="B", unit_scale=True, desc=archive.name) as bar:
-                    try:
-                        for chunk in iter(lambda: response.read(1 << 20), b""):
-                            out.write(chunk)
-                            digest.update(chunk)
-                            bar.update(len(chunk))
-                    except (TimeoutError, urllib.error.URLError, ConnectionError) as e:
-                        raise RuntimeError(
-                            f"The download of {url} broke off ({e}). Run again, or "
-                            + _manual_help(archive.parent, url)
-                        ) from e
+    with atomic_output(archive) as out:  # the archive appears whole and verified, or not at all
+        try:
+            response = urllib.request.urlopen(url, timeout=60)
+        except (TimeoutError, urllib.error.URLError, ConnectionError) as e:
+            raise RuntimeError(
+                f"Could not download CIFAR-10 from {url} ({e}): there seems to be no "
+                "network. " + _manual_help(archive.parent, url)
+            ) from e
+        with response:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=archive.name) as bar:
+                try:
+                    for chunk in iter(lambda: response.read(1 << 20), b""):
+                        out.write(chunk)
+                        digest.update(chunk)
+                        bar.update(len(chunk))
+                except (TimeoutError, urllib.error.URLError, ConnectionError) as e:
+                    raise RuntimeError(
+                        f"The download of {url} broke off ({e}). Run again, or "
+                        + _manual_help(archive.parent, url)
+                    ) from e
         if digest.hexdigest() != md5:
             raise RuntimeError(
                 f"The file downloaded from {url} has md5 {digest.hexdigest()}, expected {md5}; "
                 "it was discarded. Run again, or " + _manual_help(archive.parent, url)
             )
-        tmp.chmod(0o644)  # mkstemp creates 0600
-        os.replace(tmp, archive)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
 
 
 def _safe_member_path(name: str) -> PurePosixPath:
