@@ -123,7 +123,7 @@ print(f"symmetric: True, diagonal = 1/tau = {s.diagonal().mean().item():.4f}")
 # Call each row $a$ of $z$ an **anchor**. Its **positive** is the other view of the same
 # image: row $a + N$ for an anchor of the first view, row $a - N$ for one of the second view,
 #
-# $$p(a) = (a + N) \bmod 2N.$$
+# $$\mathrm{pos}(a) = (a + N) \bmod 2N.$$
 #
 # Every other row except $a$ itself is a **negative**: both views of the $N - 1$ other images,
 # so $N - 1$ *same-view* negatives and $N - 1$ *cross-view* negatives, $2N - 2$ in all. The paper
@@ -133,10 +133,10 @@ print(f"symmetric: True, diagonal = 1/tau = {s.diagonal().mean().item():.4f}")
 # tested module, `dcl_teach.masks`:
 
 # %%
-pos = positive_index(N, device=device)  # (2N,) p(a) for every anchor a
+pos = positive_index(N, device=device)  # (2N,) pos(a) for every anchor a
 neg = negative_mask(N, device=device)  # (2N, 2N) True where j is a negative of a
 rows = torch.arange(2 * N, device=device)  # (2N,) 0, ..., 2N-1
-print("p(a) for a = 0..7:", pos.tolist())
+print("pos(a) for a = 0..7:", pos.tolist())
 print("negatives of anchor 0:", torch.nonzero(neg[0]).flatten().tolist())
 
 # %% [markdown]
@@ -148,7 +148,7 @@ assert torch.equal(pos[pos], rows)
 assert (
     (neg.sum(dim=1) == 2 * N - 2).all() and not neg[rows, rows].any() and not neg[rows, pos].any()
 )
-print(f"p(p(a)) = a for all a; each anchor has {2 * N - 2} negatives")
+print(f"pos(pos(a)) = a for all a; each anchor has {2 * N - 2} negatives")
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # A picture is worth a lot here. On the left, the role of every entry $(a, j)$ of the matrix;
@@ -209,17 +209,25 @@ assert sum(ranked_first) < 2 * N  # this batch has hard cases, on purpose
 print("positive cosine:     ", [round(v, 3) for v in positive_cos.tolist()])
 print("best negative cosine:", [round(v, 3) for v in best_negative.tolist()])
 print("positive ranked first for anchors", [a for a in range(2 * N) if ranked_first[a]])
+hard = [a for a in range(2 * N) if not ranked_first[a]]
+beat_3 = [j for j in range(2 * N) if negatives[3, j] and cos[3, j] > positive_cos[3]]
+assert 3 in hard and beat_3 == [1, 5]
+print(
+    f"anchor 3: columns {beat_3} (both views of image 1, cosines "
+    f"{', '.join(f'{cos[3, j].item():.3f}' for j in beat_3)}) beat its positive "
+    f"({positive_cos[3].item():.3f})"
+)
 
 # %% [markdown]
-# Anchor 3 is a **hard case**: both views of image 1 (columns 1 and 5, cosines 0.755 and
-# 0.837) are more similar to it than its own positive (0.691). Anchors 5 and 7 also rank a
-# negative first, by a small margin. Keep them in mind: the loss will single them out.
+# Anchor 3 is a **hard case**: both views of image 1 (columns 1 and 5, cosines printed above)
+# are more similar to it than its own positive. Anchors 5 and 7 also rank a negative first, by a
+# small margin. Keep them in mind: the loss will single them out.
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # ### Exercise 1.1: the negative mask
 #
 # Build the $(2N, 2N)$ boolean mask yourself: `True` at $(a, j)$ when $j$ is a negative of
-# anchor $a$, that is, $j \ne a$ and $j \ne p(a)$. Try it without a Python loop: compare a column
+# anchor $a$, that is, $j \ne a$ and $j \ne \mathrm{pos}(a)$. Try it without a Python loop: compare a column
 # of row indices with a row of column indices (broadcasting).
 
 # %% exercise="1.1" tags=["exercise"]
@@ -250,13 +258,13 @@ def my_negative_mask(n: int) -> torch.Tensor:
 #
 # $$ p_{a,j} = \frac{e^{s_{a,j}}}{\sum_{k \ne a} e^{s_{a,k}}}, \qquad j \ne a. \tag{1.2}$$
 #
-# The loss of anchor $a$ is the cross-entropy of the right answer $p(a)$. Splitting the
+# The loss of anchor $a$ is the cross-entropy of the right answer $\mathrm{pos}(a)$. Splitting the
 # denominator into the positive and the negatives, $U_a = \sum_{j \text{ negative}} e^{s_{a,j}}$,
 # gives the form of the paper:
 #
-# $$ L_a = -\log p_{a, p(a)}
-#        = -\log \frac{e^{s_{a,p(a)}}}{e^{s_{a,p(a)}} + U_a}
-#        = -s_{a,p(a)} + \log\Big(e^{s_{a,p(a)}} + U_a\Big), \qquad
+# $$ L_a = -\log p_{a, \mathrm{pos}(a)}
+#        = -\log \frac{e^{s_{a,\mathrm{pos}(a)}}}{e^{s_{a,\mathrm{pos}(a)}} + U_a}
+#        = -s_{a,\mathrm{pos}(a)} + \log\Big(e^{s_{a,\mathrm{pos}(a)}} + U_a\Big), \qquad
 #    L = \frac{1}{2N} \sum_{a=1}^{2N} L_a. \tag{1.3}$$
 #
 # This is Eq. 1 of Yeh et al. (2021) with the negative sum $U_{i,k}$ of their Eq. 2. The paper
@@ -277,7 +285,7 @@ def info_nce_naive(z: torch.Tensor, tau: float) -> torch.Tensor:
     s = z @ z.T / tau  # (2N, 2N) Eq. (1.1)
     exp_s = torch.exp(s)  # (2N, 2N)
     rows = torch.arange(2 * n, device=z.device)  # (2N,)
-    pos_term = exp_s[rows, positive_index(n, device=z.device)]  # (2N,) e^{s_a,p(a)}
+    pos_term = exp_s[rows, positive_index(n, device=z.device)]  # (2N,) e^{s_a,pos(a)}
     U = torch.where(negative_mask_fn(n).to(z.device), exp_s, 0.0).sum(dim=1)  # (2N,) Eq. 2
     return -torch.log(pos_term / (pos_term + U))  # (2N,) Eq. (1.3)
 
@@ -303,7 +311,7 @@ s_small = z @ z.T / 0.005  # (2N, 2N)
 naive_small = info_nce_naive(z, tau=0.005)  # (2N,)
 print(f"float32 max = {float32_max:.3g} = exp({math.log(float32_max):.1f})")
 s_positive = s_small[rows, pos]  # (2N,)
-print(f"tau = 0.005: positive logits s_a,p(a) = {[round(v, 1) for v in s_positive.tolist()]}")
+print(f"tau = 0.005: positive logits s_a,pos(a) = {[round(v, 1) for v in s_positive.tolist()]}")
 print(f"tau = 0.005: their exp = {torch.exp(s_positive).tolist()}")
 print(f"tau = 0.005: naive loss = {naive_small.tolist()}")
 print(f"tau = 0.005: info_nce   {info_nce(z1, z2, tau=0.005).item():.4f}")
@@ -330,7 +338,7 @@ def info_nce_stable(z: torch.Tensor, tau: float) -> torch.Tensor:
     n = z.shape[0] // 2
     s = z @ z.T / tau  # (2N, 2N) Eq. (1.1)
     rows = torch.arange(2 * n, device=z.device)  # (2N,)
-    s_pos = s[rows, positive_index(n, device=z.device)]  # (2N,) s_{a,p(a)}
+    s_pos = s[rows, positive_index(n, device=z.device)]  # (2N,) s_{a,pos(a)}
     self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)  # (2N, 2N) the diagonal
     s_others = s.masked_fill(self_mask, float("-inf"))  # (2N, 2N) e^{-inf} = 0: a is no candidate
     return -s_pos + torch.logsumexp(s_others, dim=1)  # (2N,) Eq. (1.3)
@@ -371,9 +379,35 @@ print(f"naive float32 loss is finite only for tau >= {breaks_at:.4f}")
 
 # %% [markdown]
 # The threshold is where the largest similarity that enters the sum, $\max_{j \ne a} \langle
-# z_a, z_j \rangle / \tau$, passes $88.7$. In float16 or bfloat16 (mixed-precision training) it
-# comes much sooner, which is one reason the package computes the loss in float32 whatever
-# the input dtype, and always with `logsumexp`.
+# z_a, z_j \rangle / \tau$, passes $88.7$.
+#
+# **Half precision.** Mixed-precision training uses two 16-bit formats, and they fail
+# differently. float16 overflows far sooner: its largest number is $65504 \approx e^{11.1}$, so a
+# cosine of $0.6$ at $\tau = 0.05$ is already too much. bfloat16 keeps float32's exponent range
+# (largest number $\approx e^{88.7}$ again), so it overflows no sooner; its weakness is
+# *precision*: 8 significant bits, about 3 significant decimal digits, so logits that differ
+# in the third digit become equal. The cell shows both.
+
+# %% tags=["nbval-check-output"]
+for dtype in (torch.float32, torch.float16, torch.bfloat16):
+    info = torch.finfo(dtype)
+    print(
+        f"{str(dtype):15} largest {info.max:.4g} = exp({math.log(info.max):.1f}), "
+        f"relative spacing eps = {info.eps:.2g}"
+    )
+e12 = torch.tensor(math.exp(12.0))  # e^12 = 162754.8 in float32
+print(f"e^12 in float16: {e12.half().item()}, in bfloat16: {e12.bfloat16().item():.0f}")
+logits = torch.tensor([0.838, 0.840]) / 0.1  # two candidates whose cosines differ by 0.002
+print(
+    f"logits {[round(v, 4) for v in logits.tolist()]} at tau = 0.1 "
+    f"become {logits.bfloat16().tolist()} in bfloat16"
+)
+assert math.isinf(e12.half().item()) and math.isfinite(e12.bfloat16().item())
+assert logits.bfloat16()[0] == logits.bfloat16()[1]
+
+# %% [markdown]
+# This is one reason the package computes the loss in float32 whatever the input dtype, and
+# always with `logsumexp`: `logsumexp` removes the overflow, float32 the loss of precision.
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # ### 4.3 A loop that reads like the paper
@@ -444,7 +478,7 @@ one_anchor_fn = (
 def info_nce_one_anchor(z: torch.Tensor, a: int, tau: float) -> float:
     """L_a of Eq. (1.3) for anchor a of z = cat([z1, z2]) (2N, D), by a stable loop over j != a."""
     two_n = z.shape[0]
-    positive = (a + two_n // 2) % two_n  # p(a)
+    positive = (a + two_n // 2) % two_n  # pos(a)
     logits = {j: float(z[a] @ z[j]) / tau for j in range(two_n) if j != a}  # s_{a,j}, j != a
     m = max(logits.values())  # the largest logit: every exponent below is <= 0
     log_denominator = m + math.log(sum(math.exp(v - m) for v in logits.values()))
@@ -463,7 +497,13 @@ print("L_a at tau = 0.005:", [round(v, 3) for v in per_anchor])
 # %% [markdown]
 # At such a sharp temperature the anchors that rank their positive first pay practically
 # nothing, while an anchor whose best negative beats its positive pays about the gap in
-# cosine divided by $\tau$: for anchor 3, $(0.837 - 0.691) / 0.005 \approx 29$.
+# cosine divided by $\tau$; for anchor 3 the cell below computes it.
+
+# %% tags=["nbval-check-output"]
+gap_3 = (cos[3][negatives[3]].max() - positive_cos[3]).item()  # best negative minus positive
+print(f"anchor 3: (best negative - positive) / tau = {gap_3:.3f} / 0.005 = {gap_3 / 0.005:.1f}")
+print(f"          L_3 = {per_anchor[3]:.1f}")
+assert abs(per_anchor[3] - gap_3 / 0.005) < 1.0
 
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## 5. Closed forms
@@ -488,7 +528,7 @@ for n in (2, 4, 32):
 # Now the opposite extreme. Take $N \le D$ and let both views be the first $N$ rows of the
 # identity matrix: `z1 = z2 = torch.eye(D)[:N]`. Each positive pair is identical (cosine $1$)
 # and every negative is orthogonal to its anchor (cosine $0$). Derive $L$ from $(1.3)$ and write
-# `infonce_aligned_orthogonal(n, tau)`. Hint: what are $s_{a,p(a)}$ and $U_a$ here?
+# `infonce_aligned_orthogonal(n, tau)`. Hint: what are $s_{a,\mathrm{pos}(a)}$ and $U_a$ here?
 
 # %% exercise="1.3" tags=["exercise"]
 def infonce_aligned_orthogonal(n: int, tau: float) -> float:
@@ -511,7 +551,7 @@ aligned_fn = (
 # %% exercise="1.3" jupyter={"source_hidden": true} tags=["solution"]
 def infonce_aligned_orthogonal(n: int, tau: float) -> float:
     """InfoNCE of z1 = z2 = eye(D)[:n]: identical positives, orthogonal negatives."""
-    # s_{a,p(a)} = 1 / tau and each of the 2n - 2 negatives has s = 0, so U_a = 2n - 2:
+    # s_{a,pos(a)} = 1 / tau and each of the 2n - 2 negatives has s = 0, so U_a = 2n - 2:
     # L_a = -1/tau + log(e^{1/tau} + 2n - 2) = log(1 + (2n - 2) e^{-1/tau}).
     return math.log1p((2 * n - 2) * math.exp(-1 / tau))
 
@@ -522,7 +562,7 @@ def infonce_aligned_orthogonal(n: int, tau: float) -> float:
 # softmax puts all its weight on the positive once the positive is the most similar candidate.
 # Our made-up batch lies in between, and its loss climbs again at small $\tau$: a sharp
 # softmax also punishes hard, and anchors 3, 5 and 7 rank a negative above their
-# positive (at $\tau = 0.005$ we measured $L_3 \approx 29$ above).
+# positive (at $\tau = 0.005$ we measured $L_3$ above).
 
 # %%
 taus = np.geomspace(0.02, 2.0, 50)  # (50,)
@@ -531,7 +571,7 @@ curves = {
     "our batch (info_nce)": np.array([info_nce(z1_64, z2_64, tau=float(t)).item() for t in taus]),
     "aligned, orthogonal negatives": np.array([aligned_fn(N, float(t)) for t in taus]),
 }
-fig, ax = plt.subplots(figsize=(6.5, 3.6))
+fig, ax = plt.subplots(figsize=(8.5, 3.6), layout="constrained")
 for label, values in curves.items():
     ax.plot(taus, values, lw=2, label=label)
 ax.plot(
@@ -547,7 +587,7 @@ ax.set(
     ylabel="loss L",
     title=f"InfoNCE against temperature, N = {N}",
 )
-ax.legend(fontsize=8)
+ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside the curves
 plt.show()
 assert (curves["aligned, orthogonal negatives"] <= curves["our batch (info_nce)"] + 1e-12).all()
 assert (curves["our batch (info_nce)"] <= curves["identical (closed form)"] + 1e-12).all()
@@ -556,9 +596,9 @@ assert (curves["our batch (info_nce)"] <= curves["identical (closed form)"] + 1e
 # ## Summary
 #
 # * A batch of $N$ images gives $2N$ embeddings; each row $a$ of $z$ is an anchor with one
-#   positive $p(a) = (a + N) \bmod 2N$ and $2N - 2$ negatives, same-view and cross-view.
+#   positive $\mathrm{pos}(a) = (a + N) \bmod 2N$ and $2N - 2$ negatives, same-view and cross-view.
 # * $s = z z^\top / \tau$ $(1.1)$; the softmax $(1.2)$ runs over every candidate but the anchor;
-#   $L_a = -s_{a,p(a)} + \log\big(e^{s_{a,p(a)}} + U_a\big)$ $(1.3)$, Eqs. 1 and 2 of Yeh et al.
+#   $L_a = -s_{a,\mathrm{pos}(a)} + \log\big(e^{s_{a,\mathrm{pos}(a)}} + U_a\big)$ $(1.3)$, Eqs. 1 and 2 of Yeh et al.
 # * Never exponentiate similarities on their own: at $\tau = 0.005$ float32 overflows. Use
 #   `logsumexp`, with the anchor masked by $-\infty$.
 # * Closed forms test any implementation: $\log(2N - 1)$ for identical embeddings, and
