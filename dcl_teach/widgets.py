@@ -139,14 +139,21 @@ def render_grad_comparison(
 ) -> Figure:
     """InfoNCE vs DCL anchor-gradient magnitudes, across batch sizes and for one batch size.
 
+    The *magnitude* of a loss at anchor a is the norm of the anchor term of its gradient,
+    ``|dL_a/dz_a|`` (Eqs. 2.5 and 4.2 of the course), after the projection onto the tangent
+    plane of the sphere at ``z_a``: the part the encoder feels through the normalisation.
+    InfoNCE's magnitude is exactly q_B times DCL's, before and after the projection.
+
     Args:
         tau, batch_size, pos_sim, neg_sim, source, seed: as in :func:`render_qb_histogram`.
         batch_sizes: the batch sizes of the left panel's curves.
 
     Returns:
-        A Figure with two Axes. Left: mean magnitude against batch size (log scale), one line
-        per loss, and a vertical line at ``batch_size``. Right: one point per anchor at
-        ``batch_size``, DCL magnitude on x and InfoNCE on y, under the diagonal y = x: each
+        A Figure with two Axes (and a colour bar). Left: mean magnitude against batch size
+        (log scale), solid for the tangential magnitudes (lines 0 and 1: InfoNCE, DCL), faint
+        dashed for the same before projection (lines 2 and 3), and a vertical line at
+        ``batch_size``. Right: one point per anchor at ``batch_size``, DCL magnitude on x and
+        InfoNCE magnitude on y, coloured by the anchor's q_B, under the diagonal y = x: each
         point sits at height q_B times its x.
 
     Example:
@@ -157,30 +164,53 @@ def render_grad_comparison(
     Taught in notebook 04.
     """
     z1, z2 = _pool(source, pos_sim, neg_sim, seed)
-    sizes, gi, gd = grad_curve(z1, z2, tau=tau, batch_sizes=batch_sizes, seed=seed)
+    curves = {"sizes": [], "gi": [], "gd": [], "gi_raw": [], "gd_raw": []}
+    for b in batch_sizes:  # the statistics of grad_curve, with the raw means kept as well
+        if 2 <= b <= z1.shape[0]:
+            s = qb_stats(
+                z1, z2, tau=tau, batch_size=b, generator=torch.Generator().manual_seed(seed)
+            )
+            curves["sizes"].append(b)
+            curves["gi"].append(s.mean_g_infonce)
+            curves["gd"].append(s.mean_g_dcl)
+            curves["gi_raw"].append(float(s.g_infonce_raw.mean()))
+            curves["gd_raw"].append(float(s.g_dcl_raw.mean()))
+    sizes = curves["sizes"]
     st = qb_stats(
         z1, z2, tau=tau, batch_size=batch_size, generator=torch.Generator().manual_seed(seed)
     )
-    fig = Figure(figsize=(9.0, 3.6), layout="constrained")
+    fig = Figure(figsize=(10.0, 3.8), layout="constrained")
     left, right = fig.subplots(1, 2)
-    left.plot(sizes, gi, "o-", color="tab:blue", label="InfoNCE")
-    left.plot(sizes, gd, "s-", color="tab:orange", label="DCL")
+    left.plot(sizes, curves["gi"], "o-", color="tab:blue", label="InfoNCE")
+    left.plot(sizes, curves["gd"], "s-", color="tab:orange", label="DCL")
+    faint = {"ls": "--", "lw": 1, "ms": 3, "alpha": 0.4}
+    left.plot(
+        sizes, curves["gi_raw"], "o", color="tab:blue", label="InfoNCE, before projection", **faint
+    )
+    left.plot(
+        sizes, curves["gd_raw"], "s", color="tab:orange", label="DCL, before projection", **faint
+    )
     left.axvline(batch_size, color="0.4", ls=":", lw=1)
     left.set_xscale("log", base=2)
     left.set_xticks(sizes, [str(b) for b in sizes])
-    left.set_xlabel("batch size N")
-    left.set_ylabel(r"mean $\|\partial L_a/\partial z_a\|$")
-    left.set_title(f"tau = {tau:.3g}")
-    left.legend()
+    left.set_xlabel("batch size N (pairs)")
+    left.set_ylabel("mean magnitude")
+    left.set_title(f"τ = {tau:.3g}")
+    left.legend(fontsize=8)
     x, y = st.g_dcl.numpy(), st.g_infonce.numpy()
-    right.scatter(x, y, s=6, alpha=0.5, color="tab:blue")
+    points = right.scatter(x, y, s=6, c=st.q.numpy(), cmap="viridis", vmin=0, vmax=1)
+    fig.colorbar(points, ax=right, label=r"$q_B$ of the anchor")
     top = float(max(x.max(), 1e-12)) * 1.05
-    right.plot([0, top], [0, top], color="tab:orange", lw=1, label="DCL (y = x)")
+    right.plot([0, top], [0, top], color="0.4", lw=1, label=r"y = x ($q_B$ = 1)")
     right.set_xlim(0, top)
     right.set_ylim(0, top)
     right.set_xlabel("DCL magnitude")
     right.set_ylabel("InfoNCE magnitude")
-    right.set_title(f"batch size {batch_size}: mean $q_B$ = {st.mean_q:.3f}")
+    right.set_title(f"N = {batch_size}: one point per anchor, mean $q_B$ = {st.mean_q:.3f}")
+    fig.suptitle(
+        r"magnitude of anchor $a$: $\|\partial L_a/\partial z_a\|$, tangential part "
+        r"(projected onto the sphere at $z_a$) unless marked", fontsize=10
+    )  # fmt: skip
     right.legend(loc="upper left")
     return fig
 
@@ -219,7 +249,7 @@ def render_vmf_weights(*, sigma: float, cosines: torch.Tensor | None = None) -> 
     ax.axhline(0.0, color="tab:red", ls=":", lw=1)
     ax.set_xlabel(r"cosine $c_i$ of positive pair $i$")
     ax.set_ylabel(r"weight $w_i$")
-    ax.set_title(f"sigma = {sigma:.3g}, N = {c.shape[0]} pairs")
+    ax.set_title(f"σ = {sigma:.3g}, N = {c.shape[0]} pairs")
     negative = int((w < 0).sum())
     ax.text(
         0.02,

@@ -83,7 +83,7 @@ def test_qb_histogram_on_embeddings_mean_is_coupling_mean():
 
 def test_grad_comparison_draws_curves_and_per_anchor_points():
     fig = render_grad_comparison(tau=0.1, batch_size=16, seed=1)
-    left, right = fig.axes
+    left, right = fig.axes[:2]  # the third is the colour bar
     pool = synthetic_pool(pos_sim=0.5, neg_sim=0.1, seed=1)
     sizes, gi, gd = grad_curve(*pool, tau=0.1, seed=1)
     assert list(left.lines[0].get_xdata()) == sizes
@@ -95,6 +95,26 @@ def test_grad_comparison_draws_curves_and_per_anchor_points():
     st = qb_stats(*pool, tau=0.1, batch_size=16, generator=gen(1))
     torch.testing.assert_close(xy[:, 0].float(), st.g_dcl)
     torch.testing.assert_close(xy[:, 1].float(), st.q * st.g_dcl)
+    # the points are coloured by q_B, on a colour bar from 0 to 1
+    torch.testing.assert_close(torch.as_tensor(right.collections[0].get_array()).float(), st.q)
+    assert right.collections[0].get_clim() == (0, 1) and len(fig.axes) == 3
+    assert "τ = 0.1" in left.get_title() and "tau" not in left.get_title()
+
+
+def test_grad_comparison_shows_the_magnitudes_before_projection_faintly():
+    fig = render_grad_comparison(tau=0.2, batch_size=8, seed=2, batch_sizes=(4, 8, 64))
+    left = fig.axes[0]
+    pool = synthetic_pool(pos_sim=0.5, neg_sim=0.1, seed=2)
+    labels = [line.get_label() for line in left.lines[:4]]
+    assert labels == ["InfoNCE", "DCL", "InfoNCE, before projection", "DCL, before projection"]
+    for k, b in enumerate((4, 8, 64)):
+        st = qb_stats(*pool, tau=0.2, batch_size=b, generator=gen(2))
+        assert left.lines[2].get_ydata()[k] == pytest.approx(float(st.g_infonce_raw.mean()))
+        assert left.lines[3].get_ydata()[k] == pytest.approx(float(st.g_dcl_raw.mean()))
+        # projecting removes the radial part: never longer than before, for every anchor
+        assert bool((st.g_dcl <= st.g_dcl_raw + 1e-6).all())
+        assert left.lines[0].get_ydata()[k] <= left.lines[2].get_ydata()[k] + 1e-6
+    assert left.lines[2].get_alpha() < 1 and left.lines[0].get_alpha() in (None, 1)
 
 
 def test_vmf_weights_figure_data():
@@ -105,6 +125,7 @@ def test_vmf_weights_figure_data():
     w = vmf_weights_from_cosines(c, sigma=0.1)
     torch.testing.assert_close(xy[:, 0], c)
     torch.testing.assert_close(xy[:, 1], w)
+    assert ax.get_title() == "σ = 0.1, N = 32 pairs"
     text = ax.texts[0].get_text()
     assert "mean w = 1.000" in text
     assert f"w < 0: {int((w < 0).sum())} of 32" in text and int((w < 0).sum()) > 0
