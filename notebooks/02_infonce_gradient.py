@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 
 from dcl_teach.exercises import check
-from dcl_teach.grads import coupling, info_nce_grad
+from dcl_teach.grads import coupling, info_nce_grad, project_tangent
 from dcl_teach.losses import info_nce
 from dcl_teach.masks import negative_mask, positive_index
 
@@ -74,18 +74,19 @@ print(f"running on {device}")
 #
 # We reuse the batch of notebook 01 ($N = 4$ pairs in $D = 8$ dimensions), now in float64 so
 # that analytic and automatic gradients can agree to about 12 digits. Recall, for anchor $a$
-# with positive $p(a)$ and the set $\mathcal{N}(a)$ of its $2N - 2$ negatives,
+# with positive $\mathrm{pos}(a)$ and the set $\mathcal{N}(a)$ of its $2N - 2$ negatives,
 #
 # $$ s_{a,j} = \frac{\langle z_a, z_j \rangle}{\tau}, \qquad
-#    L_a = -s_{a,p(a)} + \log \sum_{k \ne a} e^{s_{a,k}}, \qquad
-#    \sum_{k \ne a} e^{s_{a,k}} = e^{s_{a,p(a)}} + U_a, \quad
+#    L_a = -s_{a,\mathrm{pos}(a)} + \log \sum_{k \ne a} e^{s_{a,k}}, \qquad
+#    \sum_{k \ne a} e^{s_{a,k}} = e^{s_{a,\mathrm{pos}(a)}} + U_a, \quad
 #    U_a = \sum_{j \in \mathcal{N}(a)} e^{s_{a,j}}, $$
 #
 # that is, Eqs. $(1.1)$ and $(1.3)$, and the softmax weights $p_{a,j}$ of $(1.2)$.
 #
 # We differentiate with respect to the **normalised** embeddings $z$, the rows on the unit
 # sphere; `info_nce(..., normalize=False)` is the loss of exactly those. (Section 4 shows how the
-# normalisation step changes the picture: very little.)
+# normalisation step changes the picture: it keeps only the part of each gradient that runs
+# along the sphere, and leaves $q_B$ untouched.)
 
 # %%
 N, D, tau = 4, 8, 0.1
@@ -96,7 +97,7 @@ z2 = F.normalize((raw + 0.5 * torch.randn(N, D, generator=gen)).double(), dim=1)
     device
 )  # (N, D)
 z = torch.cat([z1, z2])  # (2N, D)
-pos = positive_index(N, device=device)  # (2N,) p(a)
+pos = positive_index(N, device=device)  # (2N,) pos(a)
 neg = negative_mask(N, device=device)  # (2N, 2N) j in N(a)
 rows = torch.arange(2 * N, device=device)  # (2N,)
 print(f"z {tuple(z.shape)} {z.dtype}, tau = {tau}")
@@ -105,62 +106,68 @@ print(f"z {tuple(z.shape)} {z.dtype}, tau = {tau}")
 # %% [markdown]
 # Autograd is our referee. The first helper returns the gradient of **one** anchor's loss $L_a$
 # with respect to every row of $z$: the $a$-th entry of `info_nce(..., reduction="none")`,
-# differentiated by `torch.autograd.grad`. The second collects, for every anchor, the row of its
-# positive (the reference for Exercise 2.2).
+# differentiated by `torch.autograd.grad`. The second does the same through the normalisation
+# (`normalize=True`, section 4) and keeps, for every anchor, the row of its positive (the
+# reference for Exercise 2.2).
 
 # %%
-def anchor_loss_grad(z1: torch.Tensor, z2: torch.Tensor, a: int, tau: float) -> torch.Tensor:
+def anchor_loss_grad(
+    z1: torch.Tensor, z2: torch.Tensor, a: int, tau: float, normalize: bool = False
+) -> torch.Tensor:
     """dL_a/dz for every row of z = cat([z1, z2]), by autograd: (2N, D)."""
     z1 = z1.detach().clone().requires_grad_()  # (N, D)
     z2 = z2.detach().clone().requires_grad_()  # (N, D)
-    loss_a = info_nce(z1, z2, tau=tau, normalize=False, reduction="none")[a]
+    loss_a = info_nce(z1, z2, tau=tau, normalize=normalize, reduction="none")[a]
     grad_1, grad_2 = torch.autograd.grad(loss_a, (z1, z2))
     return torch.cat([grad_1, grad_2])  # (2N, D)
 
 
-def positive_grads_autograd(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
-    """Row a: dL_a/dz_{p(a)} by autograd, one anchor at a time: (2N, D)."""
+def positive_pull_autograd(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
+    """|dL_a/dr_{pos(a)}| through the normalisation (unit inputs, so |r| = 1): (2N,)."""
     n = z1.shape[0]
-    return torch.stack([anchor_loss_grad(z1, z2, a, tau)[(a + n) % (2 * n)] for a in range(2 * n)])
+    rows = [
+        anchor_loss_grad(z1, z2, a, tau, normalize=True)[(a + n) % (2 * n)] for a in range(2 * n)
+    ]
+    return torch.stack(rows).norm(dim=1)  # (2N,)
 
 
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## 2. Step one: the derivative with respect to the similarities
 #
 # $L_a$ reads only row $a$ of the similarity matrix, and from that row every entry except the
-# diagonal $s_{a,a}$. Differentiate the two terms of $L_a$ separately. The first, $-s_{a,p(a)}$,
+# diagonal $s_{a,a}$. Differentiate the two terms of $L_a$ separately. The first, $-s_{a,\mathrm{pos}(a)}$,
 # contributes $-1$ at the positive and $0$ elsewhere. The second is a log-sum-exp, whose
 # derivative is the softmax: $\partial/\partial s_{a,j} \log \sum_{k \ne a} e^{s_{a,k}} =
 # e^{s_{a,j}} / \sum_{k \ne a} e^{s_{a,k}} = p_{a,j}$. Together, for every $j \ne a$,
 #
-# $$ \frac{\partial L_a}{\partial s_{a,j}} = p_{a,j} - [\, j = p(a) \,]. \tag{2.1}$$
+# $$ \frac{\partial L_a}{\partial s_{a,j}} = p_{a,j} - [\, j = \mathrm{pos}(a) \,]. \tag{2.1}$$
 #
 # (The bracket is $1$ when the statement inside is true and $0$ otherwise.) Now look at the two
 # kinds of entries. At the **positive**,
 #
-# $$ \frac{\partial L_a}{\partial s_{a,p(a)}} = p_{a,p(a)} - 1 = -\big(1 - p_{a,p(a)}\big).
+# $$ \frac{\partial L_a}{\partial s_{a,\mathrm{pos}(a)}} = p_{a,\mathrm{pos}(a)} - 1 = -\big(1 - p_{a,\mathrm{pos}(a)}\big).
 #    \tag{2.2}$$
 #
-# At a **negative** $j \in \mathcal{N}(a)$ it is $p_{a,j} = e^{s_{a,j}} / (e^{s_{a,p(a)}} + U_a)$.
-# Multiply and divide by $U_a$, and notice that $U_a / (e^{s_{a,p(a)}} + U_a)$ is exactly the
-# $1 - p_{a,p(a)}$ of the positive:
+# At a **negative** $j \in \mathcal{N}(a)$ it is $p_{a,j} = e^{s_{a,j}} / (e^{s_{a,\mathrm{pos}(a)}} + U_a)$.
+# Multiply and divide by $U_a$, and notice that $U_a / (e^{s_{a,\mathrm{pos}(a)}} + U_a)$ is exactly the
+# $1 - p_{a,\mathrm{pos}(a)}$ of the positive:
 #
 # $$ \frac{\partial L_a}{\partial s_{a,j}}
-#    = \frac{U_a}{e^{s_{a,p(a)}} + U_a} \cdot \frac{e^{s_{a,j}}}{U_a}
-#    = \big(1 - p_{a,p(a)}\big)\, p^-_{a,j},
+#    = \frac{U_a}{e^{s_{a,\mathrm{pos}(a)}} + U_a} \cdot \frac{e^{s_{a,j}}}{U_a}
+#    = \big(1 - p_{a,\mathrm{pos}(a)}\big)\, p^-_{a,j},
 #    \qquad p^-_{a,j} = \frac{e^{s_{a,j}}}{U_a}, \quad j \in \mathcal{N}(a). \tag{2.3}$$
 #
 # Here $p^-_{a,j}$ is a softmax over the negatives alone (it sums to $1$ over
 # $\mathcal{N}(a)$; the package calls it `pn`). The same number appears in $(2.2)$ and $(2.3)$.
 # It gets a name, the **coupling factor** of anchor $a$:
 #
-# $$ q_a = 1 - p_{a,p(a)} = \frac{U_a}{e^{s_{a,p(a)}} + U_a} \in (0, 1). \tag{2.4}$$
+# $$ q_a = 1 - p_{a,\mathrm{pos}(a)} = \frac{U_a}{e^{s_{a,\mathrm{pos}(a)}} + U_a} \in (0, 1). \tag{2.4}$$
 #
 # This is $q_B$, Eq. 4 of Yeh et al. (2021), their $q_{B,i}^{(k)}$ for image $i$ and view $k$.
 # Through $U_a$ it depends on every other embedding in the batch. In words: $q_a$ is the
 # softmax probability that anchor $a$ does *not* pick its positive. Putting it together,
 #
-# $$ \frac{\partial L_a}{\partial s_{a,p(a)}} = -q_a, \qquad
+# $$ \frac{\partial L_a}{\partial s_{a,\mathrm{pos}(a)}} = -q_a, \qquad
 #    \frac{\partial L_a}{\partial s_{a,j}} = q_a p^-_{a,j} \quad (j \in \mathcal{N}(a)). $$
 #
 # The pull on the positive and the total push on the negatives are equal, $q_a$ each, so the
@@ -231,8 +238,8 @@ assert q[3] > 1000 * q[2]
 #
 # Write `my_coupling(z1, z2, tau)`: build the logits $s = z z^\top / \tau$ of $(1.1)$ from the
 # two (already normalised) views, and return the $(2N,)$ vector of coupling factors $q_a$ of
-# $(2.4)$, in the order of the rows of $z$. Hint: compute $\log p_{a,p(a)}$ with a `logsumexp`
-# that leaves out the diagonal (as in notebook 01); then $q_a = 1 - e^{\log p_{a,p(a)}}$, for
+# $(2.4)$, in the order of the rows of $z$. Hint: compute $\log p_{a,\mathrm{pos}(a)}$ with a `logsumexp`
+# that leaves out the diagonal (as in notebook 01); then $q_a = 1 - e^{\log p_{a,\mathrm{pos}(a)}}$, for
 # which `-torch.expm1(...)` is the accurate way when $q_a$ is tiny.
 
 # %% exercise="2.1" tags=["exercise"]
@@ -257,10 +264,10 @@ def my_coupling(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
     z = torch.cat([z1, z2])  # (2N, D)
     s = z @ z.T / tau  # (2N, 2N) Eq. (1.1)
     rows = torch.arange(2 * n, device=z.device)  # (2N,)
-    s_pos = s[rows, (rows + n) % (2 * n)]  # (2N,) s_{a,p(a)}
+    s_pos = s[rows, (rows + n) % (2 * n)]  # (2N,) s_{a,pos(a)}
     self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)  # (2N, 2N)
     log_p_pos = s_pos - s.masked_fill(self_mask, float("-inf")).logsumexp(dim=1)  # (2N,)
-    return -torch.expm1(log_p_pos)  # (2N,) Eq. (2.4): 1 - p_{a,p(a)}
+    return -torch.expm1(log_p_pos)  # (2N,) Eq. (2.4): 1 - p_{a,pos(a)}
 
 
 # %% [markdown] slideshow={"slide_type": "slide"}
@@ -271,16 +278,16 @@ def my_coupling(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
 # $$ \frac{\partial s_{a,j}}{\partial z_a} = \frac{z_j}{\tau}, \qquad
 #    \frac{\partial s_{a,j}}{\partial z_j} = \frac{z_a}{\tau} \qquad (j \ne a). $$
 #
-# The anchor $z_a$ enters $L_a$ through every entry of its row; the positive $z_{p(a)}$ only
-# through $s_{a,p(a)}$; a negative $z_j$ only through $s_{a,j}$. The chain rule, with the
+# The anchor $z_a$ enters $L_a$ through every entry of its row; the positive $z_{\mathrm{pos}(a)}$ only
+# through $s_{a,\mathrm{pos}(a)}$; a negative $z_j$ only through $s_{a,j}$. The chain rule, with the
 # derivatives of section 2, gives three gradients, one per role:
 #
 # $$ \frac{\partial L_a}{\partial z_a}
 #    = \sum_{j \ne a} \frac{\partial L_a}{\partial s_{a,j}} \frac{z_j}{\tau}
-#    = \frac{q_a}{\tau} \Big( -z_{p(a)} + \sum_{j \in \mathcal{N}(a)} p^-_{a,j}\, z_j \Big),
+#    = \frac{q_a}{\tau} \Big( -z_{\mathrm{pos}(a)} + \sum_{j \in \mathcal{N}(a)} p^-_{a,j}\, z_j \Big),
 #    \tag{2.5}$$
 #
-# $$ \frac{\partial L_a}{\partial z_{p(a)}} = -\frac{q_a}{\tau}\, z_a, \tag{2.6}$$
+# $$ \frac{\partial L_a}{\partial z_{\mathrm{pos}(a)}} = -\frac{q_a}{\tau}\, z_a, \tag{2.6}$$
 #
 # $$ \frac{\partial L_a}{\partial z_j} = \frac{q_a}{\tau}\, p^-_{a,j}\, z_a,
 #    \qquad j \in \mathcal{N}(a). \tag{2.7}$$
@@ -318,7 +325,7 @@ print(f"(2.5) anchor:   |dL_a/dz_a| = {ours:.5f}, autograd {autograd:.5f}")
 # %% tags=["nbval-check-output"]
 assert torch.allclose(grad_positive, auto[pos[a]], rtol=1e-10, atol=1e-12)
 ours, autograd = grad_positive.norm().item(), auto[pos[a]].norm().item()
-print(f"(2.6) positive: |dL_a/dz_p(a)| = {ours:.5f}, autograd {autograd:.5f}")
+print(f"(2.6) positive: |dL_a/dz_pos(a)| = {ours:.5f}, autograd {autograd:.5f}")
 
 # %% tags=["nbval-check-output"]
 assert torch.allclose(grad_negatives, auto[neg[a]], rtol=1e-10, atol=1e-12)
@@ -329,28 +336,35 @@ print(f"(2.7) negatives: largest |dL_a/dz_j| = {ours:.5f}, autograd {autograd:.5
 # To *see* the three roles, go down to $D = 2$, where embeddings are points on a circle. Below,
 # $N = 3$ pairs; the arrows are $-\partial L_a / \partial z$ for the loss of anchor $a = 0$
 # alone (at $\tau = 0.5$, so that all arrows are visible), that is, the direction in which one
-# step of gradient descent on $L_0$ moves each point.
+# step of gradient descent on $L_0$ moves each point. The faint arrows are these gradients as
+# derived; the solid ones keep only their part *along* the circle, the part that survives the
+# normalisation of the encoder's output (section 4 derives it:
+# $(I - z z^\top)\,g$, `dcl_teach.grads.project_tangent`).
 
 # %%
 angles = torch.tensor([0.0, 110.0, 230.0, 45.0, 150.0, 280.0], dtype=torch.float64)  # (2N,) degrees
 circle = torch.stack([torch.cos(angles.deg2rad()), torch.sin(angles.deg2rad())], dim=1)  # (6, 2)
 flat1, flat2 = circle[:3], circle[3:]  # (3, 2) each: view 1 and view 2
 step = -anchor_loss_grad(flat1, flat2, 0, 0.5)  # (6, 2) the update direction of each point
+along = project_tangent(step, circle)  # (6, 2) its part along the circle
 roles_2d = ["anchor", "negative", "negative", "positive", "negative", "negative"]
 
-fig, ax = plt.subplots(figsize=(5, 5))
+fig, ax = plt.subplots(figsize=(5.5, 6), layout="constrained")
 t = np.linspace(0, 2 * np.pi, 200)
 ax.plot(np.cos(t), np.sin(t), color="0.85", zorder=0)
 colors = {"anchor": "tab:red", "positive": "tab:green", "negative": "tab:blue"}
 for j, (point, arrow) in enumerate(zip(circle, step)):
     ax.scatter(*point, s=80, color=colors[roles_2d[j]], zorder=3)
     ax.annotate(f"{j}", point * 1.13, ha="center", va="center")
-    ax.arrow(
-        *point, *(0.5 * arrow), width=0.012, color=colors[roles_2d[j]], length_includes_head=True
-    )
+    ax.arrow(*point, *(0.5 * arrow), width=0.012, color=colors[roles_2d[j]], alpha=0.25,
+             length_includes_head=True)  # fmt: skip
+    ax.arrow(*point, *(0.5 * along[j]), width=0.012, color=colors[roles_2d[j]],
+             length_includes_head=True)  # fmt: skip
 for role, color in colors.items():
     ax.scatter([], [], color=color, label=role)
-ax.legend(loc="lower left", fontsize=8)
+ax.plot([], [], color="0.4", alpha=0.3, lw=3, label="before projection")
+ax.plot([], [], color="0.2", lw=3, label="along the circle")
+ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=8)  # below the circle
 ax.set(
     xlim=(-1.45, 1.45),
     ylim=(-1.45, 1.45),
@@ -361,54 +375,26 @@ ax.axis("off")
 plt.show()
 toward_anchor = (step @ circle[0]).tolist()  # (6,) > 0: moves towards anchor 0
 assert toward_anchor[3] > 0 and all(toward_anchor[j] < 0 for j in (1, 2, 4, 5))
+assert torch.allclose((along * circle).sum(dim=1), torch.zeros(6, dtype=torch.float64))
 
 # %% [markdown]
 # The positive (green) moves towards the anchor, the negatives (blue) move away from it, and
 # the nearest negative, point 5, gets the longest blue arrow: it has the largest weight
 # $p^-_{0,j}$. The anchor (red) heads towards its positive and away from point 5. Part of
-# each arrow points straight out of or into the circle; the normalisation step removes that part
-# (section 4), and only the motion *along* the circle remains.
-
-# %% [markdown] slideshow={"slide_type": "subslide"}
-# ### Exercise 2.2: the gradient on every positive
-#
-# Derive $(2.6)$ yourself (one line of chain rule from $(2.2)$), then implement it for all
-# anchors at once: `positive_grads(z1, z2, tau)` returns the $(2N, D)$ matrix whose row $a$ is
-# $\partial L_a / \partial z_{p(a)}$, the gradient of anchor $a$'s *own* loss on its positive.
-# You may use the coupling factors from Exercise 2.1 (`coupling_fn(z1, z2, tau)`). No loop is
-# needed.
-
-# %% exercise="2.2" tags=["exercise"]
-def positive_grads(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
-    """Row a: dL_a/dz_{p(a)} of Eq. (2.6), for every anchor a of z = cat([z1, z2]): (2N, D)."""
-    # Your code here.
-    raise NotImplementedError
-
-
-# %% exercise="2.2" tags=["check"]
-verdict = check("2.2", positive_grads, z1, z2, tau, expected=positive_grads_autograd(z1, z2, tau))
-positive_grads_fn = positive_grads if verdict.ok else positive_grads_autograd
-
-# %% exercise="2.2" jupyter={"source_hidden": true} tags=["solution"]
-def positive_grads(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
-    """Row a: dL_a/dz_{p(a)} of Eq. (2.6), for every anchor a of z = cat([z1, z2]): (2N, D)."""
-    # L_a reaches z_p(a) only through s_{a,p(a)} = <z_a, z_p(a)> / tau, with dL_a/ds_{a,p(a)} = -q_a
-    # (2.2), and ds_{a,p(a)}/dz_p(a) = z_a / tau. Hence dL_a/dz_p(a) = -(q_a / tau) z_a.
-    q = coupling_fn(z1, z2, tau)  # (2N,) Eq. (2.4)
-    return -(q / tau)[:, None] * torch.cat([z1, z2])  # (2N, D)
-
+# each faint arrow points straight out of or into the circle; the normalisation step removes
+# that part (section 4), and only the motion *along* the circle, the solid arrow, remains.
 
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## 4. The whole batch
 #
 # The loss of the batch is the mean $L = \frac{1}{2N} \sum_a L_a$. Each embedding $z_k$ shows
-# up in it in all three roles: as the anchor of $L_k$, as the positive of $L_{p(k)}$ (anchor
-# $p(k)$ has positive $k$), and as a negative in the losses of the $2N - 2$ anchors $a$ with
+# up in it in all three roles: as the anchor of $L_k$, as the positive of $L_{\mathrm{pos}(k)}$ (anchor
+# $\mathrm{pos}(k)$ has positive $k$), and as a negative in the losses of the $2N - 2$ anchors $a$ with
 # $k \in \mathcal{N}(a)$. Summing $(2.5)$, $(2.6)$ and $(2.7)$ over the anchors,
 #
 # $$ \frac{\partial L}{\partial z_k} = \frac{1}{2N} \Big(
 #    \underbrace{\frac{\partial L_k}{\partial z_k}}_{(2.5)}
-#    + \underbrace{\frac{\partial L_{p(k)}}{\partial z_k}}_{(2.6)}
+#    + \underbrace{\frac{\partial L_{\mathrm{pos}(k)}}{\partial z_k}}_{(2.6)}
 #    + \sum_{a \,:\, k \in \mathcal{N}(a)} \underbrace{\frac{\partial L_a}{\partial z_k}}_{(2.7)}
 #    \Big). $$
 #
@@ -491,13 +477,79 @@ torch.testing.assert_close(through_normalisation(g1, r1), auto_r1, rtol=1e-10, a
 torch.testing.assert_close(through_normalisation(g2, r2), auto_r2, rtol=1e-10, atol=1e-12)
 print("gradient w.r.t. the raw outputs = (I - z z^T) g / |r|: checked for both views")
 
+# %% [markdown]
+# So every gradient *magnitude* that matters for learning is the norm of the tangential part,
+# $\lVert (I - z z^\top) g \rVert$, never larger than $\lVert g \rVert$. From here on the course
+# plots that part (and says so when it shows the norm before projection). Because $q_B$ is a
+# scalar in front of $g$, the projection cannot remove it.
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# ### Exercise 2.2: what the positive really feels
+#
+# By $(2.6)$, anchor $a$'s loss pulls its positive along $z_a$ with strength $q_a / \tau$.
+# Through the normalisation, only the tangential part of that pull reaches the encoder. Derive
+# its length for a unit raw output ($\lVert r \rVert = 1$): project $-\frac{q_a}{\tau} z_a$
+# with $I - z_{\mathrm{pos}(a)} z_{\mathrm{pos}(a)}^\top$ and simplify using the cosine
+# $c_a = \langle z_a, z_{\mathrm{pos}(a)} \rangle$. Then write `positive_pull(z1, z2, tau)`: the
+# $(2N,)$ vector of these lengths, one per anchor $a$. You may use `coupling_fn(z1, z2, tau)`
+# from Exercise 2.1.
+#
+# Before you run the check, predict: for which cosines $c_a$ does the positive feel *no* pull
+# at all, whatever $q_a$? A cell after the check tests your answer.
+
+# %% exercise="2.2" tags=["exercise"]
+def positive_pull(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
+    """Row a: |(I - z_pos z_pos^T) dL_a/dz_pos(a)| for every anchor a of cat([z1, z2]): (2N,)."""
+    # Your code here.
+    raise NotImplementedError
+
+
+# %% exercise="2.2" tags=["check"]
+verdict = check("2.2", positive_pull, z1, z2, tau, expected=positive_pull_autograd(z1, z2, tau))
+positive_pull_fn = positive_pull if verdict.ok else positive_pull_autograd
+
+# %% exercise="2.2" jupyter={"source_hidden": true} tags=["solution"]
+def positive_pull(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
+    """Row a: |(I - z_pos z_pos^T) dL_a/dz_pos(a)| for every anchor a of cat([z1, z2]): (2N,)."""
+    # (I - z_p z_p^T)(-(q_a / tau) z_a) = -(q_a / tau)(z_a - c_a z_p), and
+    # |z_a - c_a z_p|^2 = 1 - 2 c_a^2 + c_a^2 = 1 - c_a^2. So the length is (q_a / tau) sqrt(1 - c_a^2).
+    q = coupling_fn(z1, z2, tau)  # (2N,) Eq. (2.4)
+    c = (z1 * z2).sum(dim=1).repeat(2)  # (2N,) c_a, the same for both anchors of a pair
+    return q / tau * (1 - c**2).clamp_min(0).sqrt()  # (2N,)
+
+
+# %% [markdown]
+# The answer: at $c_a = \pm 1$, where $\sqrt{1 - c_a^2} = 0$. An aligned pair needs no pull; but
+# a pair whose views point in *opposite* directions gets none either. Its gradient before
+# projection, $q_a / \tau$, is as large as it can be, and all of it is radial. Test it on a batch
+# whose first pair is opposite:
+
+# %% tags=["nbval-check-output"]
+opp_1 = torch.eye(D, dtype=torch.float64)[:N]  # (N, D) orthogonal anchors
+opp_2 = opp_1.clone()  # (N, D)
+opp_2[0] = -opp_1[0]  # pair 0 opposite: c_0 = -1
+raw_pull = -(coupling(opp_1, opp_2, tau=tau) / tau)[:, None] * torch.cat(
+    [opp_1, opp_2]
+)  # (2N, D) Eq. (2.6), row a on the positive of anchor a
+felt = positive_pull_fn(opp_1, opp_2, tau)  # (2N,)
+assert felt[0].item() < 1e-12 and raw_pull[0].norm().item() > 9
+print(
+    f"anchor 0 (c = -1): before projection {raw_pull[0].norm().item():.4f}, "
+    f"tangential {felt[0].item():.4f}"
+)
+
+# %% [markdown]
+# Gradient descent cannot start rotating such a pair: the exactly opposite position is an
+# (unstable) equilibrium of the positive's pull. In practice views are never exactly opposite,
+# but near $c_a = -1$ the felt pull is small, $\propto \sqrt{1 - c_a^2}$, however large $q_a$ is.
+
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## 5. When $q_B \approx 0$, learning stalls
 #
 # Every term of an anchor's gradient is scaled by $q_a / \tau$. When $q_a \approx 0$, the anchor
 # and its positive barely move, whatever else is going on. When does that happen? $q_a$ is the
 # probability that the softmax of row $a$ misses the positive, so $q_a \approx 0$ whenever
-# $e^{s_{a,p(a)}} \gg U_a$: whenever the positive beats the negatives **by a margin that is large
+# $e^{s_{a,\mathrm{pos}(a)}} \gg U_a$: whenever the positive beats the negatives **by a margin that is large
 # compared with $\tau$**. Nothing in that condition says the positive must be *close* to the
 # anchor. It only has to be closer than the negatives.
 #
@@ -538,34 +590,42 @@ print(f"cos(anchor, positive) = {far_cos[0, N].item():.3f}, cos(anchor, every ne
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # Now the coupling factor and the gradient norms, at the default temperature $\tau = 0.1$ and
-# at $\tau = 0.5$: $q_0$ (with your `my_coupling` if it passed), the gradient of the anchor's
-# own loss on the anchor (2.5) and on the positive (2.6, with your `positive_grads` if it
-# passed), and the anchor's row of the whole-batch gradient (`info_nce_grad`).
+# at $\tau = 0.5$: $q_0$ (with your `my_coupling` if it passed), then the tangential part (what
+# the encoder feels, section 4) of the gradient of the anchor's own loss on the anchor (2.5) and
+# on the positive (2.6, with your `positive_pull` if it passed), each next to its norm before
+# projection, and the anchor's row of the whole-batch gradient (`info_nce_grad`), projected.
 
 # %% tags=["nbval-check-output"]
+z_far = torch.cat([far_1, far_2])  # (2N, D)
 for t in (0.1, 0.5):
     q_far = coupling_fn(far_1, far_2, t)  # (2N,)
-    anchor_grad = anchor_loss_grad(far_1, far_2, 0, t)[0]  # (D,) Eq. (2.5)
-    positive_grad = positive_grads_fn(far_1, far_2, t)[0]  # (D,) Eq. (2.6)
-    batch_grad = info_nce_grad(far_1, far_2, tau=t)[0][0]  # (D,) row of the anchor in dL/dz1
+    g_own = anchor_loss_grad(far_1, far_2, 0, t)  # (2N, D) dL_0/dz, every row
+    felt = project_tangent(g_own, z_far).norm(dim=1)  # (2N,) tangential parts
+    felt_positive = float(positive_pull_fn(far_1, far_2, t)[0])  # Exercise 2.2
+    batch_grad = project_tangent(info_nce_grad(far_1, far_2, tau=t)[0][0], far_1[0])  # (D,)
+    assert math.isclose(felt_positive, felt[N].item(), rel_tol=1e-9)
     print(
-        f"tau = {t}: q_0 = {q_far[0].item():.2e}, |dL_0/dz_0| = {anchor_grad.norm().item():.2e}, "
-        f"|dL_0/dz_p(0)| = {positive_grad.norm().item():.2e}, "
+        f"tau = {t}: q_0 = {q_far[0].item():.2e}; tangential |dL_0/dz_0| = {felt[0].item():.2e} "
+        f"(before projection {g_own[0].norm().item():.2e}), |dL_0/dz_pos(0)| = "
+        f"{felt_positive:.2e} (before {g_own[N].norm().item():.2e}), "
         f"batch |dL/dz_0| = {batch_grad.norm().item():.2e}"
     )
     if t == 0.1:
-        assert q_far[0] < 3e-3 and positive_grad.norm() < 0.03
-print(
-    "q of every anchor at tau = 0.1:",
-    [round(v, 3) for v in coupling_fn(far_1, far_2, 0.1).tolist()],
-)
+        assert q_far[0] < 3e-3 and felt_positive < 0.03
+        print(
+            f"          without q_0 the gradients of L_0 would be 1/q_0 = {1 / q_far[0].item():.0f} times larger"
+        )
+q_01 = coupling_fn(far_1, far_2, 0.1)  # (2N,)
+print("q of every anchor at tau = 0.1:", [round(v, 3) for v in q_01.tolist()])
+others = torch.cat([q_01[1:N], q_01[N + 1 :]])  # (2N - 2,) every anchor but pair 0
+print(f"the other anchors: q between {others.min().item():.2f} and {others.max().item():.2f}")
 
 # %% [markdown]
-# At $\tau = 0.1$ the pair at $78°$ gets $q_0 \approx 0.002$: its gradients are about 500 times
-# smaller than they would be without the factor. The other anchors of the same batch, which are
-# crowded together and have hard negatives, keep $q$ between about $0.8$ and $1$ and take all
-# the learning signal. The smaller temperature makes it worse, not better, although $1/\tau$
-# is five times larger: $q_0$ falls much faster than $1/\tau$ grows.
+# At $\tau = 0.1$ the pair at $78°$ gets a tiny $q_0$: its gradients are hundreds of times
+# smaller than they would be without the factor (the cell prints how many). The other anchors of
+# the same batch, which are crowded together and have hard negatives, keep $q$ close to $1$ and
+# take all the learning signal. The smaller temperature makes it worse, not better, although
+# $1/\tau$ is five times larger: $q_0$ falls much faster than $1/\tau$ grows.
 #
 # For this geometry, with every negative at the same cosine $c_-$ and the positive at $c_+$,
 # $(2.4)$ has a closed form that shows why: $U_a = (2N - 2)\, e^{c_-/\tau}$, so
@@ -586,7 +646,8 @@ for t in (0.1, 0.5):
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # The same story for every positive similarity $c_+$ and a few temperatures. Left, the
-# coupling factor $q_0$; right, the norm of the anchor's gradient (2.5), both on a log scale.
+# coupling factor $q_0$; right, the norm of the tangential part of the anchor's gradient (2.5),
+# both on a log scale.
 # The dotted line marks the pair of the example.
 
 # %%
@@ -598,13 +659,17 @@ for t in fig_taus:
     for c in c_grid:
         b1, b2 = far_pair_batch(float(c), -0.6)
         q_curves[t].append(coupling(b1, b2, tau=t, normalize=False)[0].item())
-        g_curves[t].append(anchor_loss_grad(b1, b2, 0, t)[0].norm().item())
+        g_own = anchor_loss_grad(b1, b2, 0, t)[0]  # (D,) Eq. (2.5)
+        g_curves[t].append(project_tangent(g_own, b1[0]).norm().item())  # what the encoder feels
 
 fig, (ax_q, ax_g) = plt.subplots(1, 2, figsize=(10, 3.8))
 for t in fig_taus:
     ax_q.plot(c_grid, q_curves[t], lw=2, label=rf"$\tau$ = {t}")
     ax_g.plot(c_grid, g_curves[t], lw=2, label=rf"$\tau$ = {t}")
-for ax, ylabel in ((ax_q, r"coupling factor $q_0$"), (ax_g, r"$\|\partial L_0 / \partial z_0\|$")):
+for ax, ylabel in (
+    (ax_q, r"coupling factor $q_0$"),
+    (ax_g, r"tangential $\|\partial L_0 / \partial z_0\|$"),
+):
     ax.axvline(0.2, color="0.4", ls=":")
     ax.set(
         yscale="log",
@@ -613,7 +678,7 @@ for ax, ylabel in ((ax_q, r"coupling factor $q_0$"), (ax_g, r"$\|\partial L_0 / 
     )
 ax_q.legend()
 ax_q.set_title("how much of the gradient survives")
-ax_g.set_title("gradient on the anchor")
+ax_g.set_title("gradient on the anchor, along the sphere")
 plt.tight_layout()
 plt.show()
 assert all(np.all(np.diff(q_curves[t]) < 0) for t in fig_taus)  # a closer positive: smaller q
@@ -633,22 +698,23 @@ assert (
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## Summary
 #
-# * $\partial L_a / \partial s_{a,j} = p_{a,j} - [j = p(a)]$ $(2.1)$: $-q_a$ at the positive
+# * $\partial L_a / \partial s_{a,j} = p_{a,j} - [j = \mathrm{pos}(a)]$ $(2.1)$: $-q_a$ at the positive
 #   $(2.2)$ and $q_a p^-_{a,j}$ at a negative $(2.3)$, with the coupling factor
-#   $q_a = 1 - p_{a,p(a)} = U_a / (e^{s_{a,p(a)}} + U_a)$ $(2.4)$, Eq. 4 of Yeh et al.
+#   $q_a = 1 - p_{a,\mathrm{pos}(a)} = U_a / (e^{s_{a,\mathrm{pos}(a)}} + U_a)$ $(2.4)$, Eq. 4 of Yeh et al.
 # * Chain rule through $s_{a,j} = \langle z_a, z_j \rangle / \tau$: the gradients on the anchor
 #   $(2.5)$, the positive $(2.6)$ and each negative $(2.7)$ all carry $q_a / \tau$
 #   (Proposition 1 and Eq. 3 of the paper).
 # * The batch gradient sums the three roles of every embedding; `info_nce_grad` does it with two
-#   matrix products, and autograd agrees with both. Normalisation only projects the gradient
-#   onto the sphere.
+#   matrix products, and autograd agrees with both. Normalisation projects the gradient onto
+#   the sphere: only its tangential part $(I - z z^\top) g$ reaches the encoder, and that is
+#   the magnitude the course plots. $q_B$, a scalar factor, survives the projection.
 # * $q_a \approx 0$ when the positive beats the negatives by a margin large compared with
 #   $\tau$, however far the positive is from the anchor; then the pair stops learning.
 #
 # **Exercises in this notebook**
 #
 # * 2.1 $q_B$ from the logits.
-# * 2.2 The gradient on every positive, Eq. $(2.6)$.
+# * 2.2 What the positive really feels.
 #
 # **To think about** (no code). Using the closed form of section 5, how many pairs $N$ would
 # the batch need for $q_0$ to reach $0.5$ at $\tau = 0.1$? What does that suggest about why
