@@ -252,7 +252,8 @@ def _sphere_axes(ax, run: SphereRun, frame: int) -> None:
     ax.add_collection3d(pairs)
     ax.scatter(*z1.T, color="tab:blue", s=18, depthshade=False, label="view 1")
     ax.scatter(*z2.T, color="tab:orange", s=18, depthshade=False, label="view 2")
-    ax.set(xlim=(-1, 1), ylim=(-1, 1), zlim=(-1, 1), xlabel="x", ylabel="y", zlabel="z")
+    ax.set(xlim=(-1, 1), ylim=(-1, 1), zlim=(-1, 1), xlabel="x", ylabel="y", zlabel="z",
+           xticks=[-1, 0, 1], yticks=[-1, 0, 1], zticks=[-1, 0, 1])  # fmt: skip
     ax.set_box_aspect((1, 1, 1))
     name = SPHERE_LOSSES[run.name]
     ax.set_title(f"{name}, τ = {run.tau:.3g}, step {int(run.steps[frame])}")
