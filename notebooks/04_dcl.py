@@ -24,21 +24,22 @@
 # coupling factor $q_B$, and in notebook 03 you watched $q_B$ sink towards zero when batches are
 # small. Yeh et al. (2021) propose a remedy so simple it fits in one sentence: **take the
 # positive out of the denominator**. The result is *decoupled contrastive learning*, DCL. In this
-# notebook you derive it, prove in code that it is exactly "InfoNCE without $q_B$", meet its
-# one surprising property (the loss can be negative), and run it on a kernel that never builds
-# the full similarity matrix.
+# notebook you derive it, prove in code that it is exactly "InfoNCE without $q_B$", measure
+# what that is worth, and meet its one surprising property (the loss can be negative). An
+# appendix runs it on a kernel that never builds the full similarity matrix.
 #
 # **In this notebook you will**
 #
 # 1. write the DCL loss (4.1) by hand and check it against `dcl_teach.losses.dcl`;
 # 2. derive its gradient (4.2) and verify, anchor by anchor, that the InfoNCE gradient is the
-#    DCL gradient times $q_B$, for the anchor, its positive and every negative;
-# 3. compare InfoNCE and DCL gradient magnitudes across batch sizes and temperatures, with a
-#    slider;
-# 4. see why the DCL loss can go below zero, derive its floor $\log(2N-2) - 2/\tau$ and check
-#    it numerically;
-# 5. check that the fused kernel of `dcl_teach.fused` gives the same values and gradients as
-#    the full matrix, with a fraction of the memory.
+#    DCL gradient times $q_B$, for the anchor, its positive and every negative; then derive the
+#    gradient of the whole batch;
+# 3. compare InfoNCE and DCL gradient magnitudes across batch sizes and temperatures, as the
+#    encoder feels them (after the normalisation), with a slider;
+# 4. see why the DCL loss can go below zero, derive its floor $\log(2N-2) - 2/\tau$ and the
+#    lowest value $N$ images can actually reach, and check both numerically;
+# 5. (appendix) check that the fused kernel of `dcl_teach.fused` gives the same values and
+#    gradients as the full matrix, with a fraction of the memory.
 
 # %% slideshow={"slide_type": "skip"} tags=["colab-install"]
 # On Google Colab only: install this course's package at the version of this notebook.
@@ -63,12 +64,8 @@ from dcl_teach.fused import DEFAULT_TILE_ENTRIES, default_block_size
 from dcl_teach.grads import coupling, dcl_grad, info_nce_grad
 from dcl_teach.losses import dcl, info_nce
 from dcl_teach.masks import negative_mask, positive_index
-from dcl_teach.widgets import (
-    explore_grad_comparison,
-    qb_stats,
-    render_grad_comparison,
-    synthetic_pool,
-)
+from dcl_teach.synthetic import qb_stats, synthetic_pool
+from dcl_teach.widgets import explore_grad_comparison, explore_qb, render_grad_comparison
 
 # %matplotlib inline
 # %config InlineBackend.figure_formats = ["png"]
@@ -90,10 +87,10 @@ def unit_batch(n: int, d: int, *, seed: int) -> tuple[torch.Tensor, torch.Tensor
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## 1. Take the positive out of the denominator
 #
-# Recall InfoNCE (1.3) for anchor $a$ with positive $p(a)$ and the set $\mathcal{N}(a)$ of its
+# Recall InfoNCE (1.3) for anchor $a$ with positive $\mathrm{pos}(a)$ and the set $\mathcal{N}(a)$ of its
 # $2N - 2$ negatives (both views of every other image), Eqs. 1 and 2 of Yeh et al.:
 #
-# $$L^{\text{InfoNCE}}_a = -s_{a,p(a)} + \log\Big(e^{s_{a,p(a)}} + \sum_{j \in \mathcal{N}(a)} e^{s_{a,j}}\Big).$$
+# $$L^{\text{InfoNCE}}_a = -s_{a,\mathrm{pos}(a)} + \log\Big(e^{s_{a,\mathrm{pos}(a)}} + \sum_{j \in \mathcal{N}(a)} e^{s_{a,j}}\Big).$$
 #
 # The positive appears twice: in the numerator, where it should be, and in the denominator, next
 # to the negatives. That second appearance is what couples the two: the better the positive is
@@ -101,7 +98,7 @@ def unit_batch(n: int, d: int, *, seed: int) -> tuple[torch.Tensor, torch.Tensor
 # gradient that the *negatives* receive. DCL simply drops it. With
 # $U_a = \sum_{j \in \mathcal{N}(a)} e^{s_{a,j}}$ (the sum of Eq. 2 of Yeh et al.),
 #
-# $$L^{\text{DCL}}_a = -\log \frac{e^{s_{a,p(a)}}}{U_a} = -s_{a,p(a)} + \log \sum_{j \in \mathcal{N}(a)} e^{s_{a,j}}. \tag{4.1}$$
+# $$L^{\text{DCL}}_a = -\log \frac{e^{s_{a,\mathrm{pos}(a)}}}{U_a} = -s_{a,\mathrm{pos}(a)} + \log \sum_{j \in \mathcal{N}(a)} e^{s_{a,j}}. \tag{4.1}$$
 #
 # This is the DCL loss of Yeh et al.; as everywhere in the course, the batch loss is the mean
 # over the $2N$ anchors. Here it is as a plain loop over anchors, the way you would write it on
@@ -114,9 +111,9 @@ def dcl_loop(z1: torch.Tensor, z2: torch.Tensor, *, tau: float) -> torch.Tensor:
     n2 = z.shape[0]
     losses = []
     for a in range(n2):
-        p = (a + n2 // 2) % n2  # the other view of the same image
-        negatives = [j for j in range(n2) if j not in (a, p)]  # 2N - 2 of them
-        s_pos = z[a] @ z[p] / tau
+        pos = (a + n2 // 2) % n2  # pos(a), the other view of the same image
+        negatives = [j for j in range(n2) if j not in (a, pos)]  # 2N - 2 of them
+        s_pos = z[a] @ z[pos] / tau
         s_neg = z[negatives] @ z[a] / tau  # (2N - 2,)
         losses.append(-s_pos + torch.logsumexp(s_neg, dim=0))
     return torch.stack(losses)  # (2N,)
@@ -148,12 +145,12 @@ for tau in (0.1, 1.0):
     print(f"tau = {tau}: dcl = {value:.4f}, log(2N - 2) = {math.log(14):.4f}")
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
-# How do the two losses compare, anchor by anchor? Subtract (4.1) from (1.3): the $-s_{a,p(a)}$
+# How do the two losses compare, anchor by anchor? Subtract (4.1) from (1.3): the $-s_{a,\mathrm{pos}(a)}$
 # cancels and what is left is
 #
-# $$L^{\text{InfoNCE}}_a - L^{\text{DCL}}_a = \log \frac{e^{s_{a,p(a)}} + U_a}{U_a} = -\log q_a,$$
+# $$L^{\text{InfoNCE}}_a - L^{\text{DCL}}_a = \log \frac{e^{s_{a,\mathrm{pos}(a)}} + U_a}{U_a} = -\log q_a,$$
 #
-# since $q_a = U_a / (e^{s_{a,p(a)}} + U_a)$ is exactly the coupling factor (2.4). So
+# since $q_a = U_a / (e^{s_{a,\mathrm{pos}(a)}} + U_a)$ is exactly the coupling factor (2.4). So
 # $L^{\text{DCL}}_a = L^{\text{InfoNCE}}_a + \log q_a$: DCL is always the smaller of the two, and
 # the gap is largest for the anchors with the smallest $q_B$.
 
@@ -248,15 +245,15 @@ print(
 # $p^-_{a,j} = e^{s_{a,j}} / U_a$, and the positive contributes a plain $-1$:
 #
 # $$\frac{\partial L^{\text{DCL}}_a}{\partial s_{a,j}} = p^-_{a,j} \ (j \in \mathcal{N}(a)),
-# \qquad \frac{\partial L^{\text{DCL}}_a}{\partial s_{a,p(a)}} = -1.$$
+# \qquad \frac{\partial L^{\text{DCL}}_a}{\partial s_{a,\mathrm{pos}(a)}} = -1.$$
 #
 # For InfoNCE (notebook 02) the same derivatives were $p_{a,j} = q_a\, p^-_{a,j}$ and
-# $-(1 - p_{a,p(a)}) = -q_a$: identical, except for the factor $q_a$. The chain rule through
+# $-(1 - p_{a,\mathrm{pos}(a)}) = -q_a$: identical, except for the factor $q_a$. The chain rule through
 # $s_{a,j} = \langle z_a, z_j \rangle / \tau$ does not care about that factor, so for unit
 # embeddings
 #
-# $$\frac{\partial L^{\text{DCL}}_a}{\partial z_a} = -\frac{1}{\tau}\Big(z_{p(a)} - \sum_{j \in \mathcal{N}(a)} p^-_{a,j}\, z_j\Big), \quad
-# \frac{\partial L^{\text{DCL}}_a}{\partial z_{p(a)}} = -\frac{z_a}{\tau}, \quad
+# $$\frac{\partial L^{\text{DCL}}_a}{\partial z_a} = -\frac{1}{\tau}\Big(z_{\mathrm{pos}(a)} - \sum_{j \in \mathcal{N}(a)} p^-_{a,j}\, z_j\Big), \quad
+# \frac{\partial L^{\text{DCL}}_a}{\partial z_{\mathrm{pos}(a)}} = -\frac{z_a}{\tau}, \quad
 # \frac{\partial L^{\text{DCL}}_a}{\partial z_j} = \frac{p^-_{a,j}}{\tau}\, z_a, \tag{4.2}$$
 #
 # and every line of Proposition 1 (Eq. 3 of Yeh et al.; Eqs. 2.5 to 2.7 of the course) is the
@@ -270,13 +267,13 @@ print(
 def dcl_anchor_grad(z: torch.Tensor, a: int, *, tau: float) -> torch.Tensor:
     """Gradient of L_a (4.1) with respect to every row of z = cat([z1, z2]): (2N, D), Eq. (4.2)."""
     n2 = z.shape[0]
-    p = (a + n2 // 2) % n2
+    pos = (a + n2 // 2) % n2  # pos(a)
     negatives = negative_mask(n2 // 2)[a]  # (2N,) bool
     s = z @ z[a] / tau  # (2N,) similarities of anchor a
     p_neg = torch.softmax(s.masked_fill(~negatives, float("-inf")), dim=0)  # (2N,) zero off N(a)
     grad = p_neg[:, None] * z[a] / tau  # (2N, D) negatives: p_neg[j] z_a / tau
-    grad[p] = -z[a] / tau  # positive
-    grad[a] = -(z[p] - p_neg @ z) / tau  # anchor
+    grad[pos] = -z[a] / tau  # positive
+    grad[a] = -(z[pos] - p_neg @ z) / tau  # anchor
     return grad
 
 
@@ -323,11 +320,16 @@ print(f"dcl_grad = autograd; info_nce_grad = grad of mean(q * DCL_a); mean q_B =
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # ### Exercise 4.2: the DCL gradient of the batch, in closed form
 #
-# Write `my_dcl_grad(z1, z2, tau)` returning $(\partial L / \partial z^{(1)}, \partial L / \partial z^{(2)})$
-# for the mean DCL loss $L = \frac{1}{2N}\sum_a L^{\text{DCL}}_a$, without autograd. Hint: collect
-# $\partial L_a / \partial s_{a,j}$ in a $(2N, 2N)$ matrix $C$ ($p^-_{a,j}$ on the negatives, $-1$
-# on the positive, 0 elsewhere); since $s_{a,j}$ touches both $z_a$ and $z_j$, the gradient is
-# $(C z + C^\top z) / (2N\tau)$.
+# (4.2) is the gradient of *one* anchor's loss. Training uses the mean
+# $L = \frac{1}{2N}\sum_a L^{\text{DCL}}_a$, and one embedding $z_k$ enters many of its terms:
+# as the anchor of $L_k$, as the positive of $L_{\mathrm{pos}(k)}$, and as a negative of the
+# others. Derive $\partial L / \partial z_k$ by collecting all of its contributions, then write
+# `my_dcl_grad(z1, z2, tau)` returning $(\partial L / \partial z^{(1)}, \partial L / \partial z^{(2)})$
+# for unit embeddings, without autograd and without a loop over anchors.
+#
+# Before you code, answer on paper: in how many of the $2N$ terms of $L$ does $z_k$ appear,
+# and in which role? (Writing every $\partial L_a / \partial s_{a,j}$ into one $(2N, 2N)$ matrix
+# helps: what do its rows give, and what do its columns give?)
 
 # %% exercise="4.2" tags=["exercise"]
 def my_dcl_grad(z1: torch.Tensor, z2: torch.Tensor, *, tau: float):
@@ -371,28 +373,46 @@ print(f"DCL before {before:.4f}, after one small step {after:.4f}")
 # Look at the anchor term of (4.2) and of its InfoNCE twin: the same vector, scaled by $1/\tau$
 # for DCL and by $q_a/\tau$ for InfoNCE, so
 # $\lVert \partial L^{\text{InfoNCE}}_a / \partial z_a \rVert = q_a \lVert \partial L^{\text{DCL}}_a / \partial z_a \rVert$.
-# The batch size and the temperature decide how much that factor costs. Let us measure it on
-# the synthetic batches of notebook 03 (positive cosine 0.5, negatives around 0.1): the same
-# pool of 2,048 pairs, cut into batches of different sizes.
+#
+# One caveat before we measure. The encoder does not output $z_a$ itself: its last step
+# normalises, $z_a = h_a / \lVert h_a \rVert$. A change of $h_a$ along $z_a$ only changes its
+# length, which the normalisation throws away, so the encoder feels only the part of the
+# gradient *tangent* to the sphere at $z_a$, $(I - z_a z_a^\top)\, \partial L_a / \partial z_a$
+# (notebook 02, `dcl_teach.grads.project_tangent`). The projection is linear, so the ratio of
+# the two losses stays exactly $q_a$; only the lengths shrink. We call the length of that
+# tangential anchor term the **magnitude** of a loss at anchor $a$, and show it once beside
+# the length before projection.
+#
+# The batch size and the temperature decide how much the factor $q_a$ costs. Let us measure it
+# on the synthetic batches of notebook 03 (positive cosine 0.5, negatives around 0.1): the
+# same pool of 2,048 pairs, cut into batches of different sizes.
 
 # %% tags=["nbval-check-output"]
 pool = synthetic_pool(pos_sim=0.5, neg_sim=0.1)  # 2,048 pairs, (2048, 32) each
-print("  tau  batch  mean q_B  |grad| InfoNCE  |grad| DCL")
+pool64 = tuple(t.double() for t in pool)  # float64: the printed digits hold on every CPU
+print("                         before projection      tangential (magnitude)")
+print("    τ  batch  mean q_B   InfoNCE       DCL      InfoNCE       DCL")
 for tau in (0.1, 0.5):
     for batch in (4, 32, 256):
-        st = qb_stats(*pool, tau=tau, batch_size=batch)
-        assert st.mean_g_infonce < st.mean_g_dcl
+        st = qb_stats(*pool64, tau=tau, batch_size=batch)
+        raw_i, raw_d = st.g_infonce_raw.mean().item(), st.g_dcl_raw.mean().item()
+        assert st.mean_g_infonce < st.mean_g_dcl and (st.g_dcl <= st.g_dcl_raw + 1e-12).all()
         print(
-            f"{tau:5}  {batch:5}  {st.mean_q:8.3f}  {st.mean_g_infonce:14.3f}  {st.mean_g_dcl:10.3f}"
+            f"{tau:5}  {batch:5}  {st.mean_q:8.3f}  {raw_i:8.3f}  {raw_d:8.3f}"
+            f"     {st.mean_g_infonce:8.3f}  {st.mean_g_dcl:8.3f}"
         )
 
 # %% [markdown]
-# At $\tau = 0.1$ and 4 pairs per batch, InfoNCE hands its anchors about a quarter of the
-# gradient that DCL does; at 256 pairs the two nearly agree, because $q_B \approx 1$ once there
-# are hundreds of negatives. A larger temperature flattens every softmax, which also pushes
-# $q_B$ up. The left panel below follows the mean magnitudes over batch sizes; the right one
-# shows every anchor of the batch size marked by the dotted line. Each point sits exactly at
-# height $q_B$ times its distance along the x axis, below the diagonal of DCL.
+# Small batches at a low temperature are where InfoNCE's anchors get the smallest share of
+# DCL's gradient (the mean $q_B$ column says how small); with hundreds of negatives the two
+# nearly agree, because $q_B \approx 1$. A larger temperature flattens every softmax, which
+# also pushes $q_B$ up. The projection shortens every magnitude a little and changes none of
+# these conclusions.
+#
+# The figure shows the same for every batch size. Left: the mean magnitudes, solid, and faint
+# the lengths before projection. Right: every anchor of the batch size marked by the dotted
+# line, its DCL magnitude on x, its InfoNCE magnitude on y, coloured by its $q_B$. Each point
+# sits exactly at height $q_B$ times its x, below the diagonal, where DCL's anchors would sit.
 
 # %%
 render_grad_comparison(tau=0.1, batch_size=8)
@@ -405,17 +425,25 @@ render_grad_comparison(tau=0.1, batch_size=8)
 # %% tags=["nbval-ignore-output"]
 explore_grad_comparison()
 
+# %% [markdown]
+# Notebook 03's histogram explorer left DCL out, because it had not been taught yet. Here it
+# is again with DCL's mean magnitude beside InfoNCE's (`show_dcl=True`): at every setting the
+# ratio of the two is the mean $q_B$... or is it? (Hint: the mean of a product.)
+
+# %% tags=["nbval-ignore-output"]
+explore_qb(show_dcl=True)
+
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## 4. A loss below zero, and its floor
 #
-# Without the positive in the denominator, the ratio $e^{s_{a,p(a)}} / U_a$ inside the log of
+# Without the positive in the denominator, the ratio $e^{s_{a,\mathrm{pos}(a)}} / U_a$ inside the log of
 # (4.1) is no longer a probability: nothing keeps it below 1. When the positive is more
 # similar to the anchor than the negatives are, taken together, the ratio exceeds 1 and
 # $L^{\text{DCL}}_a < 0$. People meeting DCL for the first time often suspect a bug here. It is
 # not one. An optimiser only ever sees the gradient, and the gradient (4.2) is perfectly sound;
 # what matters is that the loss is **bounded below**, so that minimising it is a well-posed
 # problem. Here is the bound. For unit embeddings every cosine lies in $[-1, 1]$, so
-# $s_{a,p(a)} \le 1/\tau$ and each of the $2N-2$ terms of $U_a$ is at least $e^{-1/\tau}$:
+# $s_{a,\mathrm{pos}(a)} \le 1/\tau$ and each of the $2N-2$ terms of $U_a$ is at least $e^{-1/\tau}$:
 #
 # $$L^{\text{DCL}}_a \;\ge\; -\frac{1}{\tau} + \log\big((2N-2)\, e^{-1/\tau}\big) \;=\; \log(2N-2) - \frac{2}{\tau}. \tag{4.3}$$
 #
@@ -495,41 +523,163 @@ for (n, curve), color in zip(curves.items(), ("tab:blue", "tab:orange", "tab:gre
     ax.axhline(dcl_floor(n, 0.5), color=color, ls=":", lw=1)
 ax.axhline(0, color="0.3", lw=0.8)
 ax.set(
-    xlabel="Adam step", ylabel="DCL loss", title=r"minimising DCL, $\tau = 0.5$ (dotted: floor 4.3)"
+    xlabel="Adam step",
+    ylabel="DCL loss",
+    title="minimising DCL, τ = 0.5 (dotted: floor, Eq. (4.3))",
 )
 ax.legend()
 plt.show()
 
 # %% [markdown]
 # For $N = 2$ the optimiser lands on the floor. For $N = 4$ and $8$ it stops above it, at a
-# value we can also work out. At the optimum the two views of each image coincide and the $N$
-# images spread out as evenly as the sphere allows: a regular simplex, whose vectors all have
-# cosine $-1/(N-1)$ with each other (their sum is zero). Then
-# $L = -1/\tau + \log(2N-2) - 1/((N-1)\tau)$. (A short argument with Jensen's inequality and
-# $\lVert \sum_a z_a \rVert^2 \ge 0$ shows that no batch of unit vectors does better on
-# average; the simplex itself needs $D \ge N - 1$ dimensions.)
-
-# %% tags=["nbval-check-output"]
-for n, curve in curves.items():
-    simplex = -1 / 0.5 + math.log(2 * n - 2) - 1 / ((n - 1) * 0.5)
-    assert curve[-1] >= dcl_floor(n, 0.5) - 1e-9 and abs(curve[-1] - simplex) < 1e-4
-    print(
-        f"N = {n}: reached {curve[-1]:.4f}, simplex value {simplex:.4f}, floor {dcl_floor(n, 0.5):.4f}"
-    )
+# value you can work out yourself (Exercise 4.4 below); the runs above will check your answer.
 
 # %% [markdown]
 # So: a negative DCL loss means the positives are, on the whole, closer than the negatives,
 # which is exactly what we train for. Only the *differences* of loss values carry meaning, so
 # compare DCL runs with each other, not with InfoNCE numbers.
+#
+# How DCL is computed for batches so large that the $2N \times 2N$ similarity matrix no longer
+# fits in memory is off the main line of this lesson: see the appendix after the summary.
 
 # %% [markdown] slideshow={"slide_type": "slide"}
-# ## 5. The same numbers with far less memory: the fused kernel
+# ## Exercises
 #
-# A straightforward implementation builds the $2N \times 2N$ similarity matrix, masks it,
+# Two more exercises, both on how low the DCL loss can go.
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# ### Exercise 4.3: a batch that sits on the floor
+#
+# Write `floor_batch(tau)` that builds a batch of $N = 2$ pairs (any dimension $D \ge 1$)
+# whose DCL loss equals the floor $\log 2 - 2/\tau$, and returns `dcl(z1, z2, tau=tau)` of your
+# batch. Then try $N = 3$: can you still reach $\log 4 - 2/\tau$? Why not?
+
+# %% exercise="4.3" tags=["exercise"]
+def floor_batch(tau: float) -> torch.Tensor:
+    """DCL loss of a 2-pair batch built to reach the floor log(2) - 2 / tau."""
+    # Your code here.
+    raise NotImplementedError
+
+
+# %% exercise="4.3" tags=["check"]
+verdict = check("4.3", floor_batch, 0.2, expected=dcl_floor(2, 0.2), atol=1e-6)
+floor_fn = floor_batch if verdict.ok else (lambda tau: dcl(z_extreme, z_extreme, tau=tau))
+
+
+# %% exercise="4.3" jupyter={"source_hidden": true} tags=["solution"]
+def floor_batch(tau: float) -> torch.Tensor:  # noqa: F811
+    """DCL loss of a 2-pair batch built to reach the floor log(2) - 2 / tau."""
+    # Positive at cosine +1 (both views alike), every negative at cosine -1 (the other image
+    # points the opposite way). For N = 3 the three images cannot be pairwise antipodal.
+    z = torch.tensor([[1.0], [-1.0]], dtype=torch.float64)  # (2, 1)
+    return dcl(z, z, tau=tau)
+
+
+# %% [markdown]
+# Whichever batch we carry on with sits on the floor at every temperature:
+
+# %% tags=["nbval-check-output"]
+for tau in (0.05, 0.1, 1.0):
+    value = float(floor_fn(tau))
+    assert math.isclose(value, dcl_floor(2, tau), rel_tol=1e-9)
+    print(f"tau = {tau}: DCL {value:.4f} = floor {dcl_floor(2, tau):.4f}")
+
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# ### Exercise 4.4: how low can $N$ images go?
+#
+# In section 4, Adam stopped above the floor for $N = 4$ and $8$. Suppose, as the optimiser
+# finds, that at the optimum the two views of each image coincide and the $N$ images sit at
+# the corners of a regular simplex: unit vectors whose pairwise cosines are all $-1/(N-1)$
+# (they sum to zero, so they are spread as evenly as the sphere allows). Derive the DCL loss of
+# that batch and write `simplex_dcl(n, tau)` that returns it as a float, in closed form (no
+# embeddings). Before you run anything: does your value depend on the dimension $D$? As $N$
+# grows, how far above the floor (4.3) does it stay?
+
+# %% exercise="4.4" tags=["exercise"]
+def simplex_dcl(n: int, tau: float) -> float:
+    """DCL loss of N images at the corners of a regular simplex, both views alike."""
+    # Your code here.
+    raise NotImplementedError
+
+
+# %% exercise="4.4" tags=["check"]
+def simplex_batch(n: int) -> torch.Tensor:
+    """(N, N) unit rows with pairwise cosines -1 / (N - 1): the corners of a regular simplex."""
+    return F.normalize(torch.eye(n, dtype=torch.float64) - 1 / n, dim=1)  # (N, N)
+
+
+verdict = check(
+    "4.4", simplex_dcl, 5, 0.5, expected=dcl(simplex_batch(5), simplex_batch(5), tau=0.5), atol=1e-9
+)
+simplex_fn = (
+    simplex_dcl
+    if verdict.ok
+    else (lambda n, tau: dcl(simplex_batch(n), simplex_batch(n), tau=tau).item())
+)
+
+
+# %% exercise="4.4" jupyter={"source_hidden": true} tags=["solution"]
+def simplex_dcl(n: int, tau: float) -> float:  # noqa: F811
+    """DCL loss of N images at the corners of a regular simplex, both views alike."""
+    # Every anchor: the positive at cosine 1, all 2N - 2 negatives at cosine -1 / (N - 1), so
+    # L = -1/tau + log((2N - 2) exp(-1 / ((N - 1) tau))), whatever D >= N - 1 is. Above the
+    # floor log(2N - 2) - 2/tau by 1/tau - 1/((N - 1) tau): the gap tends to 1/tau.
+    return -1 / tau + math.log(2 * n - 2) - 1 / ((n - 1) * tau)
+
+
+# %% [markdown]
+# The test of your answer: where Adam stopped in section 4, with the function we carry on
+# with. (A short argument with Jensen's inequality and $\lVert \sum_a z_a \rVert^2 \ge 0$ shows
+# that no batch of unit vectors does better on average; the simplex itself needs
+# $D \ge N - 1$ dimensions, and the runs had $D = 8$.)
+
+# %% tags=["nbval-check-output"]
+for n, curve in curves.items():
+    simplex = simplex_fn(n, 0.5)
+    assert curve[-1] >= dcl_floor(n, 0.5) - 1e-9 and abs(curve[-1] - simplex) < 1e-4
+    print(
+        f"N = {n}: Adam reached {curve[-1]:.4f}, simplex value {simplex:.4f}, floor {dcl_floor(n, 0.5):.4f}"
+    )
+
+
+# %% [markdown] slideshow={"slide_type": "slide"}
+# ## Summary
+#
+# * DCL removes the positive from the InfoNCE denominator (4.1). Per anchor,
+#   $L^{\text{DCL}}_a = L^{\text{InfoNCE}}_a + \log q_a$.
+# * Its gradient (4.2) is the InfoNCE gradient without the coupling factor: for every anchor,
+#   $\nabla L^{\text{InfoNCE}}_a = q_a \nabla L^{\text{DCL}}_a$, on the anchor, the positive and all
+#   negatives. You checked it with autograd and with `dcl_teach.grads`.
+# * The price InfoNCE pays is largest for small batches and low temperatures, exactly where
+#   $q_B$ is small; with hundreds of negatives the two gradients nearly agree.
+# * The encoder feels only the tangential part of each gradient; the projection shortens the
+#   magnitudes and keeps their ratio, $q_B$.
+# * The DCL loss can be negative; it is bounded below by $\log(2N-2) - 2/\tau$ (4.3), reached
+#   only for $N = 2$; $N$ images can reach the regular simplex's value, above the floor.
+#   Only its gradient and its differences matter.
+# * (Appendix) The fused kernel computes the same loss and gradient (4.4) block by block, in
+#   memory that does not grow with $N^2$.
+#
+# **Exercises in this notebook**
+#
+# * 4.1 DCL from InfoNCE by changing one mask.
+# * 4.2 The DCL gradient of the batch, in closed form.
+# * 4.3 A batch that sits on the floor.
+# * 4.4 How low can $N$ images go?
+#
+# Next: **05 Weighted DCL (DCLW)**, where the positive term gets a weight of its own.
+
+
+# %% [markdown] slideshow={"slide_type": "slide"}
+# ## Appendix: the same numbers with far less memory, the fused kernel
+#
+# This appendix is off the main line of the lesson: how to compute DCL (and InfoNCE) when the
+# batch is too large for its similarity matrix. A straightforward implementation builds the $2N \times 2N$ similarity matrix, masks it,
 # takes a softmax, and lets autograd keep all of it for the backward pass. At $N = 8192$ pairs
 # the float32 matrix alone is 1 GiB. But look at the gradient once more. Write
 # $P_{a,j}$ for the softmax of row $a$ over its denominator and collect
-# $C_{a,j} = P_{a,j} - [j = p(a)]$. For the mean over $M = 2N$ anchors,
+# $C_{a,j} = P_{a,j} - [j = \mathrm{pos}(a)]$. For the mean over $M = 2N$ anchors,
 #
 # $$\frac{\partial L}{\partial z_k} = \frac{1}{M\tau}\Big(\underbrace{\sum_j C_{k,j}\, z_j}_{k \text{ as an anchor}}
 # + \underbrace{\sum_a C_{a,k}\, z_a}_{k \text{ as a candidate}}\Big). \tag{4.4}$$
@@ -585,110 +735,3 @@ plt.show()
 # The full matrix grows as $N^2$ (64 GiB at $N = 65{,}536$); one block never exceeds the tile
 # budget, whatever the batch size. What does grow with $N$ is the $(2N, D)$ gradient the kernel accumulates, which is no
 # bigger than the embeddings themselves.
-
-# %% [markdown] slideshow={"slide_type": "slide"}
-# ## Exercises
-#
-# Two more exercises, on the floor of the loss and on the memory of the fused kernel.
-
-# %% [markdown] slideshow={"slide_type": "subslide"}
-# ### Exercise 4.3: a batch that sits on the floor
-#
-# Write `floor_batch(tau)` that builds a batch of $N = 2$ pairs (any dimension $D \ge 1$)
-# whose DCL loss equals the floor $\log 2 - 2/\tau$, and returns `dcl(z1, z2, tau=tau)` of your
-# batch. Then try $N = 3$: can you still reach $\log 4 - 2/\tau$? Why not?
-
-# %% exercise="4.3" tags=["exercise"]
-def floor_batch(tau: float) -> torch.Tensor:
-    """DCL loss of a 2-pair batch built to reach the floor log(2) - 2 / tau."""
-    # Your code here.
-    raise NotImplementedError
-
-
-# %% exercise="4.3" tags=["check"]
-verdict = check("4.3", floor_batch, 0.2, expected=dcl_floor(2, 0.2), atol=1e-6)
-floor_fn = floor_batch if verdict.ok else (lambda tau: dcl(z_extreme, z_extreme, tau=tau))
-
-
-# %% exercise="4.3" jupyter={"source_hidden": true} tags=["solution"]
-def floor_batch(tau: float) -> torch.Tensor:  # noqa: F811
-    """DCL loss of a 2-pair batch built to reach the floor log(2) - 2 / tau."""
-    # Positive at cosine +1 (both views alike), every negative at cosine -1 (the other image
-    # points the opposite way). For N = 3 the three images cannot be pairwise antipodal.
-    z = torch.tensor([[1.0], [-1.0]], dtype=torch.float64)  # (2, 1)
-    return dcl(z, z, tau=tau)
-
-
-# %% [markdown]
-# Whichever batch we carry on with sits on the floor at every temperature:
-
-# %% tags=["nbval-check-output"]
-for tau in (0.05, 0.1, 1.0):
-    value = float(floor_fn(tau))
-    assert math.isclose(value, dcl_floor(2, tau), rel_tol=1e-9)
-    print(f"tau = {tau}: DCL {value:.4f} = floor {dcl_floor(2, tau):.4f}")
-
-
-# %% [markdown] slideshow={"slide_type": "subslide"}
-# ### Exercise 4.4: the memory of one block
-#
-# Write `similarity_bytes(n)` returning two integers: the bytes of the float32 $2N \times 2N$
-# similarity matrix, and the bytes of one block of the fused kernel for the same batch (use
-# `default_block_size(2 * n)` rows, but never more rows than the $2N$ anchors). At which $N$
-# does the full matrix first exceed 1 GiB?
-
-# %% exercise="4.4" tags=["exercise"]
-def similarity_bytes(n: int) -> tuple[int, int]:
-    """(bytes of the 2N x 2N float32 matrix, bytes of one fused block) for N pairs."""
-    # Your code here.
-    raise NotImplementedError
-
-
-# %% exercise="4.4" tags=["check"]
-expected_bytes = (4 * (2 * 4096) ** 2, 4 * min(default_block_size(2 * 4096), 2 * 4096) * 2 * 4096)
-verdict = check("4.4", similarity_bytes, 4096, expected=expected_bytes)
-bytes_fn = (
-    similarity_bytes
-    if verdict.ok
-    else (lambda n: (4 * (2 * n) ** 2, 4 * min(default_block_size(2 * n), 2 * n) * 2 * n))
-)
-
-
-# %% exercise="4.4" jupyter={"source_hidden": true} tags=["solution"]
-def similarity_bytes(n: int) -> tuple[int, int]:  # noqa: F811
-    """(bytes of the 2N x 2N float32 matrix, bytes of one fused block) for N pairs."""
-    rows = min(default_block_size(2 * n), 2 * n)  # anchors per block
-    return 4 * (2 * n) ** 2, 4 * rows * 2 * n  # 4 bytes per float32 entry
-
-
-# %% [markdown]
-# And the answer to the question, with the function we carry on with:
-
-# %% tags=["nbval-check-output"]
-first = next(n for n in range(2, 10**6) if bytes_fn(n)[0] > 2**30)
-print(f"the float32 2N x 2N matrix first exceeds 1 GiB at N = {first:,} pairs")
-
-
-# %% [markdown] slideshow={"slide_type": "slide"}
-# ## Summary
-#
-# * DCL removes the positive from the InfoNCE denominator (4.1). Per anchor,
-#   $L^{\text{DCL}}_a = L^{\text{InfoNCE}}_a + \log q_a$.
-# * Its gradient (4.2) is the InfoNCE gradient without the coupling factor: for every anchor,
-#   $\nabla L^{\text{InfoNCE}}_a = q_a \nabla L^{\text{DCL}}_a$, on the anchor, the positive and all
-#   negatives. You checked it with autograd and with `dcl_teach.grads`.
-# * The price InfoNCE pays is largest for small batches and low temperatures, exactly where
-#   $q_B$ is small; with hundreds of negatives the two gradients nearly agree.
-# * The DCL loss can be negative; it is bounded below by $\log(2N-2) - 2/\tau$ (4.3), reached
-#   only for $N = 2$. Only its gradient and its differences matter.
-# * The fused kernel computes the same loss and gradient (4.4) block by block, in memory that
-#   does not grow with $N^2$.
-#
-# **Exercises in this notebook**
-#
-# * 4.1 DCL from InfoNCE by changing one mask.
-# * 4.2 The DCL gradient of the batch, in closed form.
-# * 4.3 A batch that sits on the floor.
-# * 4.4 The memory of one block.
-#
-# Next: **05 Weighted DCL (DCLW)**, where the positive term gets a weight of its own.
