@@ -241,7 +241,7 @@ def run_measures(run: SphereRun, *, t: float = 2.0) -> tuple[torch.Tensor, torch
 
 
 def _sphere_axes(ax, run: SphereRun, frame: int) -> None:
-    u, v = torch.meshgrid(torch.linspace(0, 2 * math.pi, 25), torch.linspace(0, math.pi, 13),
+    u, v = torch.meshgrid(torch.linspace(0, 2 * math.pi, 17), torch.linspace(0, math.pi, 9),
                           indexing="ij")  # fmt: skip
     ax.plot_wireframe((u.cos() * v.sin()).numpy(), (u.sin() * v.sin()).numpy(), v.cos().numpy(),
                       color="0.85", lw=0.4)  # fmt: skip

@@ -92,7 +92,9 @@ SEEDS = (0, 1, 2)  # three seeds per loss: a comparison reports its spread
 print(f"dcl_teach {dcl_teach.__version__} on {device}")
 
 
-def unit_batch(n: int, d: int, *, seed: int, noise: float = 0.8) -> tuple[torch.Tensor, torch.Tensor]:
+def unit_batch(
+    n: int, d: int, *, seed: int, noise: float = 0.8
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Two views of n random pairs on the unit sphere, float64."""
     g = torch.Generator().manual_seed(seed)
     z1 = F.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=1)  # (N, D)
@@ -139,7 +141,9 @@ def uniformity_loop(z: torch.Tensor, t: float = 2.0) -> float:
 z1, z2 = unit_batch(8, 16, seed=1)
 assert math.isclose(alignment(z1, z2).item(), alignment_loop(z1, z2), rel_tol=1e-12)
 assert math.isclose(uniformity(z1).item(), uniformity_loop(z1), rel_tol=1e-12)
-print(f"loops and package agree: alignment {alignment(z1, z2):.4f}, uniformity {uniformity(z1):.4f}")
+print(
+    f"loops and package agree: alignment {alignment(z1, z2):.4f}, uniformity {uniformity(z1):.4f}"
+)
 
 # %% [markdown]
 # Three closed forms to test against: all points at one place (uniformity 0), two antipodal
@@ -200,7 +204,9 @@ per_dcl = dcl(z1, z2, tau=0.2, reduction="none")  # (2N,)
 assert torch.allclose(terms.align + terms.uniform, per_dcl, rtol=0, atol=1e-12)
 cos = (z1 * z2).sum(dim=1)  # (N,) cosine of each positive pair
 assert math.isclose(terms.align.mean().item(), -cos.mean().item() / 0.2, rel_tol=1e-12)
-assert math.isclose(terms.align.mean().item(), alignment(z1, z2).item() / 0.4 - 1 / 0.2, rel_tol=1e-12)
+assert math.isclose(
+    terms.align.mean().item(), alignment(z1, z2).item() / 0.4 - 1 / 0.2, rel_tol=1e-12
+)
 print(
     f"DCL {per_dcl.mean():.4f} = alignment term {terms.align.mean():.4f} "
     f"+ uniformity term {terms.uniform.mean():.4f}"
@@ -377,7 +383,11 @@ for name, (align, unif) in measures.items():
 (align_i, unif_i), (align_d, unif_d) = measures["infonce"], measures["dcl"]
 # The claims of the text, checked (the trajectories differ in the last digits between CPUs).
 assert align_d[-1] < 1e-6 < align_i[-1] and unif_d[-1] < unif_i[-1]
-step_i = int(runs["infonce"].steps[int((align_i < 1e-3).nonzero()[0])]) if (align_i < 1e-3).any() else None
+step_i = (
+    int(runs["infonce"].steps[int((align_i < 1e-3).nonzero()[0])])
+    if (align_i < 1e-3).any()
+    else None
+)
 step_d = int(runs["dcl"].steps[int((align_d < 1e-3).nonzero()[0])])
 print(
     f"DCL brings every pair within alignment 1e-3 by step {step_d}; InfoNCE "
@@ -431,7 +441,9 @@ def predicted_end(t: float) -> tuple[float, float]:  # noqa: F811
 for t_u in (1.0, 3.0):
     got = predicted_fn(t_u)
     assert abs(got[1] - uniformity(four.z1[-1], t=t_u).item()) < 1e-4
-    print(f"t = {t_u}: predicted uniformity {got[1]:.4f}, found {uniformity(four.z1[-1], t=t_u):.4f}")
+    print(
+        f"t = {t_u}: predicted uniformity {got[1]:.4f}, found {uniformity(four.z1[-1], t=t_u):.4f}"
+    )
 
 # %% [markdown]
 # Now explore. Move **tau** and **pairs N**, and step through the run with **frame**. At which
@@ -495,9 +507,13 @@ names = {"infonce": "InfoNCE", "dcl": "DCL", "untrained": "untrained encoder"}
 for ax, shown in zip(axes, (("infonce", "dcl", "untrained"), ("infonce", "dcl"))):
     for name in shown:
         (a, sa), (u, su) = summary[name]
-        rows = list(untrained.values()) if name == "untrained" else [measured[name, s] for s in SEEDS]
+        rows = (
+            list(untrained.values()) if name == "untrained" else [measured[name, s] for s in SEEDS]
+        )
         ax.scatter([r[1] for r in rows], [r[0] for r in rows], color=colors[name], s=14, alpha=0.6)
-        ax.errorbar(u, a, xerr=su, yerr=sa, fmt="o", color=colors[name], capsize=3, label=names[name])
+        ax.errorbar(
+            u, a, xerr=su, yerr=sa, fmt="o", color=colors[name], capsize=3, label=names[name]
+        )
     ax.set(xlabel="uniformity (t = 2, lower: more even)", ylabel="alignment (α = 2, lower: closer)")
     ax.legend(fontsize=8)
 axes[0].set_title(f"digits encoders, τ = 0.1, N = 128, {EPOCHS} epochs")
@@ -573,7 +589,9 @@ s.requires_grad_(True)  # (2N, 2N) logits of each anchor over its 2N - 1 candida
 ce = F.cross_entropy(s, positive_index(8), reduction="none")  # (2N,)
 assert torch.allclose(ce, per_info, atol=1e-12)
 (grad_s,) = torch.autograd.grad(ce.sum(), s)  # (2N, 2N)
-assert torch.allclose(grad_s[torch.arange(16), positive_index(8)], -coupling(z1, z2, tau=0.2), atol=1e-12)
+assert torch.allclose(
+    grad_s[torch.arange(16), positive_index(8)], -coupling(z1, z2, tau=0.2), atol=1e-12
+)
 print("InfoNCE_a = cross_entropy(s_a, pos(a)); d/ds_pos = -(1 - p_pos) = -q_a on every anchor")
 
 # %% [markdown]
@@ -655,8 +673,13 @@ for n in (2, 8, 128):
     same = torch.ones(n, 4, dtype=torch.float64)
     bound = math.log(2 * n - 1) - info_nce(same, same, tau=0.1).item()
     assert abs(bound) < 1e-12
-    print(f"N = {n:3}: identical embeddings, L = log(2N - 1) = {math.log(2 * n - 1):.4f}, bound {abs(bound):.1f}")
-print("the cap log(2N - 1): " + ", ".join(f"N = {n}: {math.log(2 * n - 1):.2f} nats" for n in (8, 128, 4096)))
+    print(
+        f"N = {n:3}: identical embeddings, L = log(2N - 1) = {math.log(2 * n - 1):.4f}, bound {abs(bound):.1f}"
+    )
+print(
+    "the cap log(2N - 1): "
+    + ", ".join(f"N = {n}: {math.log(2 * n - 1):.2f} nats" for n in (8, 128, 4096))
+)
 
 # %% [markdown]
 # On the trained InfoNCE encoder, the bound climbs with the batch size and stays under its cap:
@@ -740,7 +763,9 @@ def two_point_estimates(n: int, tau: float) -> tuple[float, float, float]:
         z = torch.cat([e.repeat(m + 1, 1), -e.repeat(n - 1 - m, 1)])  # (N, 3) anchor = image 0
         s_cross = z @ z.T / tau  # (N, N) cross-view similarities (both views alike)
         l_cross = -s_cross[0, 0] + torch.logsumexp(s_cross[0], dim=0)  # one view per image
-        out[0] += weight * (math.log(2 * n - 1) - info_nce(z, z, tau=tau, reduction="none")[0].item())
+        out[0] += weight * (
+            math.log(2 * n - 1) - info_nce(z, z, tau=tau, reduction="none")[0].item()
+        )
         out[1] += weight * (math.log(n) - l_cross.item())
         out[2] += weight * (math.log(2 * n - 2) - dcl(z, z, tau=tau, reduction="none")[0].item())
     return out[0], out[1], out[2]
