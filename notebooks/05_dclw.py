@@ -61,12 +61,8 @@ import dcl_teach
 from dcl_teach.exercises import check
 from dcl_teach.grads import dcl_grad, dclw_grad, vmf_weights
 from dcl_teach.losses import dcl, dclw, vmf_weights_from_cosines
-from dcl_teach.widgets import (
-    default_cosines,
-    explore_vmf_weights,
-    render_vmf_weights,
-    views_with_cosines,
-)
+from dcl_teach.synthetic import default_cosines, views_with_cosines
+from dcl_teach.widgets import explore_vmf_weights, render_vmf_weights
 
 # %matplotlib inline
 # %config InlineBackend.figure_formats = ["png"]
