@@ -694,6 +694,13 @@ def grade_test(on_broken: Verdict, on_correct: Verdict) -> Verdict:
                 result = Verdict(number, status, message)
                 print(result.message)
                 return result
+    for verdict in (on_broken, on_correct):
+        if "wrong type" in verdict.message:  # the test returned something other than a bool
+            got = verdict.message.split("wrong type: ")[-1]
+            result = Verdict(number, "wrong", f"Exercise {number}: not yet right: a test must "
+                             f"return True or False; {got}")  # fmt: skip
+            print(result.message)
+            return result
     problems = []
     if not on_broken.ok:
         problems.append("passes the broken loss (it must fail it)")

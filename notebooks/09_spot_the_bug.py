@@ -531,8 +531,8 @@ assert torch.allclose(grads["all"], true, atol=1e-12)
 # The loss is the same in all three rows. The gradient of plain `all_gather` has lost the
 # candidate half of (4.4): it is much shorter than the true one and not quite parallel to it;
 # the half fix is closer, and still wrong. Training does not stop (the anchor term alone
-# still pulls positives together and pushes negatives apart), so the only symptom in a
-# training curve is a slower run and a worse encoder: nothing a loss curve would flag.
+# still pulls positives together and pushes negatives apart), so a loss curve shows nothing
+# alarming: the run simply follows a different, shorter gradient than the one it claims.
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)

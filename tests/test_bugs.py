@@ -417,6 +417,7 @@ def _raises(loss):
             "passes the broken loss (it must fail it) and fails",
         ),
         (bugs.passes_identical, "correct", "fails the broken loss and passes the correct one"),
+        (lambda loss: None, "wrong", "a test must return True or False; expected a tensor"),
     ],
 )
 def test_grade_test(test, status, words, capsys):
