@@ -460,7 +460,7 @@ ax.axhline(0, color="0.3", lw=0.8)
 ax.set(
     xlabel=r"cosine $c_k$ of pair $k$",
     ylabel=r"pull $-N\tau\,\partial L/\partial c_k$",
-    title=r"$\sigma = 0.5$",
+    title="σ = 0.5",
 )
 ax.legend()
 plt.show()
