@@ -26,22 +26,60 @@ def _outputs(cell) -> str:
     return "".join(o.get("text", "") for o in cell.get("outputs", []))
 
 
-def _execute(path: Path):
+def _cell(source: str):
+    return nbformat.v4.new_code_cell(source)
+
+
+def _run_editions(source_path: Path):
+    """Run the student edition once; at each self-check, also run it on the solution.
+
+    Returns the executed student edition and, per exercise, what its check printed with the
+    solution in place of the stub, as the instructor edition would run it. The solution (as the
+    instructor edition writes it) and the check run right after the learner's check, in the
+    same kernel; then the stub and the check run again, so every later cell sees the learner's
+    state. (The cells after a check, run with the solution defined, are the source notebook's
+    own order, which nbval executes.) One kernel per notebook instead of one per edition.
+    """
+    source = nbformat.read(source_path, as_version=4)
+    solved_edition = course.instructor_edition(source)
+    solutions = {
+        c.metadata["exercise"]: c.source
+        for c in solved_edition.cells
+        if "solved" in course._tags(c)
+    }
     # A hung kernel start or a lost reply is an infrastructure failure, not the notebook's:
     # such a run is retried once; a cell that raises fails at once.
     for attempt in (1, 2):
-        nb = nbformat.read(path, as_version=4)
+        student = course.student_edition(source)
+        stubs = {
+            c.metadata["exercise"]: c.source for c in student.cells if "exercise" in course._tags(c)
+        }
         client = NotebookClient(
-            nb,
+            student,
             timeout=180,
             startup_timeout=120,
             kernel_name="python3",
             kernel_manager_class=AsyncIpcKernelManager,
             resources={"metadata": {"path": str(ROOT / "notebooks")}},
         )
+        solved: dict[str, str] = {}
         try:
-            client.execute()
-            return nb
+            with client.setup_kernel():
+                for index, cell in enumerate(student.cells):
+                    if cell.cell_type != "code":
+                        continue
+                    client.execute_cell(cell, index)
+                    if "check" not in course._tags(cell):
+                        continue
+                    number = cell.metadata["exercise"]
+                    probe = _cell(cell.source)
+                    for step in (_cell(solutions[number]), probe):
+                        client.execute_cell(step, index)
+                    solved[number] = _outputs(probe)
+                    for step in (_cell(stubs[number]), _cell(cell.source)):
+                        client.execute_cell(step, index)  # back to the learner's state
+                    student.cells[index] = cell  # execute_cell stored each probe in its place
+            return student, solved
         except (CellTimeoutError, DeadKernelError, TimeoutError, RuntimeError):
             if attempt == 2:
                 raise
@@ -56,26 +94,42 @@ def test_every_source_notebook_has_complete_exercises():
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)
-def test_student_edition_runs_and_reports_not_yet_implemented(built, path):
-    nb = _execute(built / "student" / path.name)
+def test_student_edition_runs_and_every_solution_passes_its_check(built, path):
+    nb = nbformat.read(built / "student" / path.name, as_version=4)
     assert not [c for c in nb.cells if {"solution", "instructor"} & set(course._tags(c))]
-    checks = [c for c in nb.cells if "check" in course._tags(c)]
-    assert checks
+    student, solved = _run_editions(path)
+    checks = [c for c in student.cells if "check" in course._tags(c)]
+    assert checks and set(solved) == {c.metadata["exercise"] for c in checks}
     for cell in checks:
         assert "not yet implemented" in _outputs(cell), (cell.metadata["exercise"], _outputs(cell))
-    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    errors = [
+        o for c in student.cells for o in c.get("outputs", []) if o.get("output_type") == "error"
+    ]
     assert not errors
+    for number, printed in solved.items():
+        assert "correct" in printed and "not yet" not in printed, (number, printed)
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)
-def test_instructor_edition_passes_every_self_check(built, path):
-    nb = _execute(built / "instructor" / path.name)
-    checks = [c for c in nb.cells if "check" in course._tags(c)]
-    for cell in checks:
-        assert "correct" in _outputs(cell) and "not yet" not in _outputs(cell), (
-            cell.metadata["exercise"],
-            _outputs(cell),
-        )
+def test_instructor_edition_puts_each_solution_in_place_of_its_stub(built, path):
+    source = nbformat.read(path, as_version=4)
+    edition = nbformat.read(built / "instructor" / path.name, as_version=4)
+    parts = course.exercises(source)
+    assert not [c for c in edition.cells if "solution" in course._tags(c)]
+    solved = [c for c in edition.cells if "solved" in course._tags(c)]
+    assert [c.metadata["exercise"] for c in solved] == list(parts)
+    for cell in solved:
+        solution = source.cells[parts[cell.metadata["exercise"]]["solution"]].source
+        assert cell.source == re.sub(r"\s*# noqa: F811", "", solution)
+    kept = [c for c in edition.cells if "solved" not in course._tags(c)]
+    dropped = {i for idx in parts.values() for i in (idx["exercise"], idx["solution"])}
+    expected = [c for i, c in enumerate(source.cells) if i not in dropped]
+    assert len(kept) == len(expected)
+    for got, want in zip(kept, expected, strict=True):
+        if "instructor" in course._tags(want) and want.cell_type == "markdown":
+            assert got.source.startswith("> **Instructor note")
+        else:
+            assert got.source == want.source
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)
