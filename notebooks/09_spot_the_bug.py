@@ -125,7 +125,13 @@ def show_code(fn) -> None:
 # gradient `dcl_teach.grads.dcl_grad` (4.2), the bounds of the loss (4.3).
 #
 # A first test, to see the shape: DCL does not care which view is called "first", nor in which
-# order the pairs come. Here is that test run on the correct loss and on all six broken ones:
+# order the pairs come. Here is that test, as `dcl_teach.bugs` writes it:
+
+# %%
+show_code(passes_symmetries)
+
+# %% [markdown]
+# and here it is, run on the correct loss and on all six broken ones:
 
 # %% tags=["nbval-check-output"]
 print(f"{'loss':22} passes the symmetry test")
