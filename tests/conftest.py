@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.jupyter_ipc import IPC
+from tests.plugin import IPC
 
 ROOT = Path(__file__).resolve().parents[1]
 

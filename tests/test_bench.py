@@ -5,6 +5,7 @@ import pytest
 from dcl_teach import bench
 
 
+@pytest.mark.slow
 def test_loss_bench_reports_every_variant_with_ratios(tmp_path, capsys):
     out = tmp_path / "bench.json"
     report = bench.main(

@@ -12,6 +12,7 @@ from dcl_teach.augment import Recipe, recipe_for
 from dcl_teach.bench_train import PerSampleViews, augment_one, main
 
 
+@pytest.mark.slow
 def test_report_layout_digits(tmp_path, capsys):
     path = tmp_path / "out" / "bench.json"
     argv = ["--dataset", "digits", "--batch-size", "8", "--steps", "2", "--warmup", "1"]

@@ -33,7 +33,7 @@ SLIDERS = ("tau", "batch size")
 NB = ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook"  # the notebook in the visible tab
 STDERR = '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'  # errors too
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(240)]
 
 # A notebook with the contract of notebook 03's interactive cell: sliders "tau" and
 # "batch size" redrawing a matplotlib figure shown as a PNG in the widget's output area.

@@ -185,6 +185,7 @@ def test_tiny_train_run_prints_accuracy_and_baselines(tmp_path, capsys):
     assert "tau: 0.1 in the checkpoint, 0.3 now" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_compare_on_a_tiny_grid_writes_plot_and_summary(tmp_path, capsys):
     out = tmp_path / "grid"
     argv = [
@@ -221,6 +222,7 @@ def test_compare_on_a_tiny_grid_writes_plot_and_summary(tmp_path, capsys):
     assert "infonce     32" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_python_dash_m_entry_point():
     proc = subprocess.run(
         [sys.executable, "-m", "dcl_teach", "--help"], cwd=ROOT, capture_output=True, text=True

@@ -9,7 +9,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
 from dcl_teach import course
-from tests.jupyter_ipc import AsyncIpcKernelManager
+from tests.plugin import AsyncIpcKernelManager
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -93,6 +93,7 @@ def test_every_source_notebook_has_complete_exercises():
         )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)
 def test_student_edition_runs_and_every_solution_passes_its_check(built, path):
     nb = nbformat.read(built / "student" / path.name, as_version=4)

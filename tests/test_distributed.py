@@ -11,6 +11,8 @@ import torch.multiprocessing as mp
 from dcl_teach.distributed import gather_with_grad, world_info
 from dcl_teach.losses import LOSSES
 
+pytestmark = pytest.mark.slow  # real gloo process groups, spawned
+
 WORLD = 2
 N_LOCAL = 5
 

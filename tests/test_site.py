@@ -38,7 +38,7 @@ NAMES = [p.stem for p in NOTEBOOKS]
 ARTIFACTS = ROOT / "artifacts" / "site"
 PAGES = [*NAMES, "index", "teaching", "benchmarks", "references", "api"]
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # builds the site, drives Chromium
 
 
 @pytest.fixture(scope="module")

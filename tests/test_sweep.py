@@ -124,6 +124,7 @@ def test_evaluation_keeps_k_within_the_labelled_bank():
     assert result["knn_few"] == result["knn_all"] == 1.0  # ... and separable classes
 
 
+@pytest.mark.slow
 def test_a_tiny_sweep_writes_results_resumes_and_applies_the_lr_control(tmp_path, monkeypatch):
     results = sw.run_sweep(TINY, tmp_path, progress=False, command="test")
     assert [r["name"] for r in results["runs"]] == [
@@ -158,6 +159,7 @@ def test_a_tiny_sweep_writes_results_resumes_and_applies_the_lr_control(tmp_path
     assert again["runs"] == results["runs"]
 
 
+@pytest.mark.slow
 def test_only_trains_the_named_runs_and_rejects_unknown_names(tmp_path):
     with pytest.raises(ValueError, match=r"no runs named \['dcl_bs8_seed0'\]"):
         sw.run_sweep(TINY, tmp_path, only=["dcl_bs8_seed0"], progress=False)

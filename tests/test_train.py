@@ -31,6 +31,9 @@ from dcl_teach.train import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = (
+    pytest.mark.slow
+)  # every test here trains (config, checkpoints, grids: their own modules)
 
 # A tiny but real run: the digits CNN at a quarter of its width, 22 steps per epoch.
 TINY = TrainConfig(

@@ -1,4 +1,12 @@
-"""A pytest plugin: the kernels of the notebook tests talk over Unix sockets, not TCP ports.
+"""The pytest plugin of this repository (``-p tests.plugin`` in pyproject.toml).
+
+Loaded for every test run, the notebooks' included (``tests/conftest.py`` is not, for
+``pytest notebooks``). It does two things.
+
+**Long notebooks are marked slow.** ``pytest -m "not slow"`` skips the notebooks that train
+(``SLOW_NOTEBOOKS``), as it skips the other long tests.
+
+**Kernels talk over Unix sockets, not TCP ports.**
 
 jupyter_client picks five free TCP ports for a kernel, writes them down and only then does the
 kernel bind them; when several kernels start at once (pytest-xdist workers, a JupyterLab) or an
@@ -6,7 +14,7 @@ outgoing connection takes one of those ephemeral ports meanwhile, the kernel die
 "Address already in use" and the notebook test fails for a reason that is not the notebook's.
 Unix sockets named after each kernel's own connection file cannot collide. nbval builds its
 ``KernelManager`` without any configuration, so the plugin hands it a subclass whose default
-transport is "ipc"; tests that start kernels themselves use ``kernel_manager()``.
+transport is "ipc"; tests that start kernels themselves pass ``AsyncIpcKernelManager``.
 """
 
 from __future__ import annotations
@@ -45,7 +53,19 @@ IpcKernelManager = _over_ipc(KernelManager)
 AsyncIpcKernelManager = _over_ipc(AsyncKernelManager)  # for nbclient.NotebookClient
 
 
+# Notebooks whose run trains an encoder or takes more than about 15 s on a 2-core CPU.
+SLOW_NOTEBOOKS = ("03_qb_batch_temperature", "06_train_it_yourself")
+
+
 def pytest_configure(config):
     import nbval.kernel
 
     nbval.kernel.KernelManager = IpcKernelManager
+
+
+def pytest_collection_modifyitems(config, items):
+    import pytest
+
+    for item in items:
+        if item.path.suffix == ".ipynb" and item.path.stem in SLOW_NOTEBOOKS:
+            item.add_marker(pytest.mark.slow)
