@@ -304,9 +304,10 @@ def render_sphere(runs: Mapping[str, SphereRun], *, frame: int = -1) -> Figure:
     return fig
 
 
-@functools.lru_cache(maxsize=32)
 def compare_on_sphere(n: int, *, tau: float, steps: int = 300, seed: int = 0) -> dict:
-    """InfoNCE and DCL runs of :func:`optimise_on_sphere` from the same start (cached).
+    """InfoNCE and DCL runs of :func:`optimise_on_sphere` from the same start.
+
+    Cached: calls with the same arguments share one dict of runs (do not modify it).
 
     Example:
         >>> sorted(compare_on_sphere(3, tau=0.5, steps=3))
@@ -314,9 +315,13 @@ def compare_on_sphere(n: int, *, tau: float, steps: int = 300, seed: int = 0) ->
 
     Taught in notebook 07.
     """
+    return _compare(n, float(tau), steps, seed)
+
+
+@functools.lru_cache(maxsize=32)
+def _compare(n: int, tau: float, steps: int, seed: int) -> dict:
     return {
-        k: optimise_on_sphere(n, loss=k, tau=tau, steps=steps, seed=seed)
-        for k in ("infonce", "dcl")
+        k: optimise_on_sphere(n, loss=k, tau=tau, steps=steps, seed=seed) for k in SPHERE_LOSSES
     }
 
 
@@ -337,7 +342,7 @@ def explore_sphere(*, steps: int = 300, seed: int = 0):
     style = {"description_width": "6em"}
     last = len(optimise_on_sphere(2, steps=steps).steps) - 1  # frames kept per run, less one
     controls = {
-        "tau": widgets.FloatLogSlider(value=0.2, base=10, min=-1.3, max=0, step=0.1,
+        "tau": widgets.FloatLogSlider(value=0.1, base=10, min=-1.3, max=0, step=0.1,
                                       description="tau", continuous_update=False, style=style),
         "n": widgets.SelectionSlider(options=[2, 4, 6, 8, 16, 32, 64], value=8,
                                      description="pairs N", continuous_update=False, style=style),

@@ -300,7 +300,9 @@ print(
 # contains the positive, and the extra term *grows* as the pair gets closer: its derivative in
 # $s_{a,\mathrm{pos}(a)}$ is $1 - q_a$, which cancels that share of the $-1$ from the alignment
 # term. The net pull on the positive is $q_a$ instead of 1: the better a pair is already matched
-# relative to its negatives, the more of its alignment reward InfoNCE hands back. The extra term
+# relative to its negatives, the more of its alignment reward InfoNCE hands back. The same term
+# also takes back that share of every negative's push (its derivative in $s_{a,j}$ is
+# $-(1 - q_a)\,e^{s_{a,j}}/U_a$), which is the factor $q_a$ of notebook 02 seen from the loss. The extra term
 # is always positive, so $L^{\text{DCL}}_a < L^{\text{InfoNCE}}_a$, and it vanishes when
 # $U_a \gg e^{s_{a,\mathrm{pos}(a)}}$, i.e. with many negatives: that is why Wang & Isola's
 # large-batch limit has no positive's share.
@@ -663,10 +665,11 @@ plt.show()
 # $\log(2N-1)$. **That cap is a reason for large batches that has nothing to do with $q_B$**:
 # if the views share more than $\log(2N-1)$ nats, a batch of $N$ pairs cannot show it, and
 # McAllester & Stratos (2020, "Formal Limitations on the Measurement of Mutual Information",
-# AISTATS) prove that no distribution-free lower bound estimated from $K$ samples can certify
-# much more than $\log K$. Whether maximising mutual information is why contrastive learning
+# AISTATS) prove that no distribution-free, high-confidence lower bound estimated from $K$
+# samples can certify much more than $\log K$. Whether maximising mutual information is why contrastive learning
 # works is itself disputed: Tschannen et al. (2020, "On Mutual Information Maximization for
-# Representation Learning", ICLR) find that tighter bounds do not give better representations.
+# Representation Learning", ICLR) find that tighter bounds on it do not necessarily give better
+# representations.
 
 # %% tags=["nbval-check-output"]
 for n in (2, 8, 128):
@@ -733,7 +736,8 @@ plt.show()
 #   the DCL loss together with the $q_a$ gives back the InfoNCE bound, the DCL loss alone does
 #   not. As the number of negatives grows, $\log(2N-2) - L^{\text{DCL}}$ converges to
 #   $\mathbb{E}[s_{a,\mathrm{pos}(a)}] - \mathbb{E}_a \log \mathbb{E}_{j}[e^{s_{a,j}}]$ (the same limit as
-#   InfoNCE's estimate), and that limit *is* a lower bound on $I$: for each anchor it is the
+#   InfoNCE's estimate), and, when the two views are drawn alike, that limit *is* a lower bound
+#   on $I$: for each anchor it is the
 #   Donsker-Varadhan lower bound on the divergence between the positive's distribution given the
 #   anchor and the marginal, and those divergences average to $I$. At any finite batch the log
 #   of a sample mean overestimates the limit on average (Jensen), so the finite-batch number
@@ -748,7 +752,7 @@ plt.show()
 # independent. The same two-point construction shows that then $\log(2N-1) - L^{\text{InfoNCE}}$
 # can exceed $I$, by a few thousandths of a nat. The bound that holds without caveat uses one
 # view of each other image, $K = N$ candidates: $I \ge \log N - L^{\text{cross}}$, with the
-# cross-view loss (the CLIP form of notebook 04's list of implementations). Both are computed
+# one-directional, cross-view loss (the form CLIP uses). Both are computed
 # below, exactly, by summing over the number $m$ of other images that landed on the anchor's
 # point ($m \sim \mathrm{Binomial}(N-1, 1/2)$).
 
