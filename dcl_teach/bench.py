@@ -69,7 +69,7 @@ def _third_party(loss: str, tau: float) -> dict[str, Callable]:
             out["lightly DCLWLoss"] = _lightly_module("dcl_loss").DCLWLoss(temperature=tau)
         else:
             out["lightly NTXentLoss"] = _lightly_module("ntx_ent_loss").NTXentLoss(temperature=tau)
-    except Exception:  # noqa: BLE001 - not installed, or does not import here
+    except Exception:  # not installed, or does not import here
         pass
     if loss == "infonce":
         try:
@@ -81,7 +81,7 @@ def _third_party(loss: str, tau: float) -> dict[str, Callable]:
             out["pytorch-metric-learning"] = SelfSupervisedLoss(
                 NTXentLoss(temperature=tau), symmetric=True
             )
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
     return out
 

@@ -140,7 +140,7 @@ def check(
             f"Exercise {exercise}: not yet implemented. The notebook carries on with the "
             "reference solution.",
         )
-    except Exception as err:  # noqa: BLE001 - any learner error must not stop "Run All"
+    except Exception as err:  # any learner error must not stop "Run All"
         v = Verdict(
             exercise, "error", f"Exercise {exercise}: your code raised {type(err).__name__}: {err}"
         )
