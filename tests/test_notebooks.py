@@ -48,6 +48,25 @@ def _text(cell):
     return "".join(o.get("text", "") for o in cell.get("outputs", []))
 
 
+def _summary_index(nb):
+    """Index of the "## Summary" cell: the last cell, or the last before an appendix section."""
+    starts = [
+        i
+        for i, c in enumerate(nb.cells)
+        if c.cell_type == "markdown" and c.source.startswith("## ")
+    ]
+    summary = [i for i in starts if nb.cells[i].source.startswith("## Summary")]
+    assert len(summary) == 1, "one summary per notebook"
+    after = [i for i in starts if i > summary[0]]
+    for i in after:  # only appendices may follow the summary, and they hold no exercise
+        assert nb.cells[i].source.startswith("## Appendix"), nb.cells[i].source.splitlines()[0]
+    assert not any("exercise" in _tags(c) for c in nb.cells[summary[0] :])
+    assert after or summary[0] == len(nb.cells) - 1
+    if after:
+        assert after[0] == summary[0] + 1, "the summary is one cell, the appendix follows it"
+    return summary[0]
+
+
 @pytest.fixture(params=NAMES, scope="module")
 def notebook(request):
     return request.param, _read(request.param)
@@ -69,7 +88,7 @@ def test_skeleton_badge_title_goals_colab_setup(notebook):
         "device = torch.device(",
     ):
         assert line in setup.source, f"{name}: the setup cell lacks {line!r}"
-    assert nb.cells[-1].cell_type == "markdown" and nb.cells[-1].source.startswith("## Summary")
+    assert _summary_index(nb) >= 4  # the last cell, or the last before an appendix
 
 
 def test_every_section_starts_a_slide(notebook):
@@ -137,7 +156,7 @@ def test_exercises_are_stub_check_solution_in_sequence(notebook):
 
 def test_summary_lists_every_exercise_with_its_title(notebook):
     name, nb = notebook
-    summary = nb.cells[-1].source
+    summary = nb.cells[_summary_index(nb)].source
     headings = re.findall(r"^### Exercise (\d\.\d): (.+)$", _markdown(nb), flags=re.M)
     assert headings
     for number, title in headings:
@@ -194,3 +213,15 @@ def test_start_here_maps_the_course_and_the_notation():
         assert symbol in text, f"{symbol} missing from the notation table"
     for paper in (r"q_{B,i}^{(k)}", r"U_{i,k}", r"w(z_i^{(1)}, z_i^{(2)})"):
         assert paper in text
+    assert r"\mathrm{pos}(a) = (a + N) \bmod 2N" in text, "the positive's index is pos(a)"
+
+
+@pytest.mark.parametrize("name", (*NAMES, "06_train_it_yourself"))
+def test_the_positive_is_pos_not_p(name):
+    """p is kept for softmax weights: the positive's index is pos(a), in prose, code and output."""
+    nb = _read(name)
+    old = re.compile(r"(?<![A-Za-z])p\((?:a|k|0|p\(a\))\)")
+    for cell in nb.cells:
+        for text in (cell.source, _text(cell) if cell.cell_type == "code" else ""):
+            found = old.findall(text)
+            assert not found, f"{name}: p(.) for the positive's index in {cell.source[:60]!r}"
