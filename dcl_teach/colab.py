@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dcl_teach import __version__
+from dcl_teach.atomic import atomic_write
 
 REPO_URL = "https://github.com/dcl-teach/dcl-teach"
 """The one place the repository's address is written down."""
@@ -81,12 +82,6 @@ BRANCH_OR_TAG = git_ref(__version__)
 def repo_slug(repo_url: str = REPO_URL) -> str:
     """``owner/name`` of a GitHub repository URL.
 
-    Args:
-        repo_url: ``https://github.com/OWNER/NAME`` (a trailing ``/`` or ``.git`` is allowed).
-
-    Returns:
-        ``"OWNER/NAME"``.
-
     Raises:
         ValueError: if the URL is not a github.com repository URL.
 
@@ -102,82 +97,53 @@ def repo_slug(repo_url: str = REPO_URL) -> str:
     return rest
 
 
-def raw_url(path: str, *, repo_url: str = REPO_URL, ref: str = BRANCH_OR_TAG) -> str:
-    """Address of one file of the repository at ``ref``, for a download without a clone.
+SLUG = repo_slug(REPO_URL)
+
+
+def raw_url(path: str) -> str:
+    """Address of one file of the repository at this version, for a download without a clone.
 
     Example:
-        >>> raw_url("results/digits-sweep/results.json", ref="v0.1.0")
-        'https://raw.githubusercontent.com/dcl-teach/dcl-teach/v0.1.0/results/digits-sweep/results.json'
+        >>> raw_url("results/digits-sweep/results.json").endswith("/results/digits-sweep/results.json")
+        True
     """
-    return f"https://raw.githubusercontent.com/{repo_slug(repo_url)}/{ref}/{path}"
+    return f"https://raw.githubusercontent.com/{SLUG}/{BRANCH_OR_TAG}/{path}"
 
 
-def colab_url(notebook: str, *, repo_url: str = REPO_URL, ref: str = BRANCH_OR_TAG) -> str:
-    """Colab's address for a notebook of the repository at a given ref.
-
-    Args:
-        notebook: path of the notebook inside the repository, with ``/`` separators.
-        repo_url: the GitHub repository.
-        ref: branch or tag.
-
-    Returns:
-        The ``colab.research.google.com/github/...`` URL.
+def colab_url(notebook: str) -> str:
+    """Colab's address for a notebook of the repository (``notebooks/NN_x.ipynb``).
 
     Example:
-        >>> colab_url("notebooks/a.ipynb", repo_url="https://github.com/o/r", ref="v1")
-        'https://colab.research.google.com/github/o/r/blob/v1/notebooks/a.ipynb'
+        >>> colab_url("notebooks/a.ipynb").startswith("https://colab.research.google.com/github/")
+        True
     """
-    return f"https://colab.research.google.com/github/{repo_slug(repo_url)}/blob/{ref}/{notebook}"
+    return f"https://colab.research.google.com/github/{SLUG}/blob/{BRANCH_OR_TAG}/{notebook}"
 
 
-def binder_url(notebook: str = "", *, repo_url: str = REPO_URL, ref: str = BRANCH_OR_TAG) -> str:
-    """mybinder.org's address that builds the repository and opens JupyterLab.
-
-    Args:
-        notebook: path to open, relative to the repository root; ``""`` opens the file browser.
-        repo_url: the GitHub repository.
-        ref: branch or tag.
-
-    Returns:
-        The ``mybinder.org/v2/gh/...`` URL.
+def binder_url(notebook: str = "") -> str:
+    """mybinder.org's address that builds the repository and opens ``notebook`` in JupyterLab.
 
     Example:
-        >>> binder_url("notebooks/a.ipynb", repo_url="https://github.com/o/r", ref="v1")
-        'https://mybinder.org/v2/gh/o/r/v1?urlpath=lab/tree/notebooks/a.ipynb'
+        >>> binder_url().endswith("?urlpath=lab")
+        True
     """
     urlpath = f"lab/tree/{notebook}" if notebook else "lab"
-    return f"https://mybinder.org/v2/gh/{repo_slug(repo_url)}/{ref}?urlpath={urlpath}"
+    return f"https://mybinder.org/v2/gh/{SLUG}/{BRANCH_OR_TAG}?urlpath={urlpath}"
 
 
-def package_spec(*, repo_url: str = REPO_URL, ref: str = BRANCH_OR_TAG) -> str:
-    """PEP 508 requirement that installs this package from git at ``ref``.
-
-    Example:
-        >>> package_spec(repo_url="https://github.com/o/r", ref="v1")
-        'dcl-teach @ git+https://github.com/o/r@v1'
-    """
-    return f"dcl-teach @ git+{repo_url}@{ref}"
+def package_spec() -> str:
+    """PEP 508 requirement that installs this package from git at this version's tag."""
+    return f"dcl-teach @ git+{REPO_URL}@{BRANCH_OR_TAG}"
 
 
-def badge_cell_source(notebook: str, *, repo_url: str = REPO_URL, ref: str = BRANCH_OR_TAG) -> str:
-    """Markdown of the badge cell at the top of a notebook.
-
-    Args:
-        notebook: path of the notebook inside the repository, e.g. ``notebooks/00_intro.ipynb``.
-        repo_url: the GitHub repository.
-        ref: branch or tag.
-
-    Returns:
-        The Colab and Binder badges of that notebook, one a line.
-    """
-    colab = (
-        f"[![Open In Colab]({COLAB_BADGE_SVG})]({colab_url(notebook, repo_url=repo_url, ref=ref)})"
-    )
-    binder = f"[![Binder]({BINDER_BADGE_SVG})]({binder_url(notebook, repo_url=repo_url, ref=ref)})"
+def badge_cell_source(notebook: str) -> str:
+    """Markdown of the badge cell at the top of a notebook: its Colab and Binder badges."""
+    colab = f"[![Open In Colab]({COLAB_BADGE_SVG})]({colab_url(notebook)})"
+    binder = f"[![Binder]({BINDER_BADGE_SVG})]({binder_url(notebook)})"
     return f"{colab}\n{binder}"  # one badge a line: a lone link is exempt from E501
 
 
-def install_cell_source(*, repo_url: str = REPO_URL, ref: str = BRANCH_OR_TAG) -> str:
+def install_cell_source() -> str:
     """Python of the install cell: pip-installs the package, on Colab only.
 
     A plain ``subprocess`` call rather than ``%pip``: jupytext comments out a magic, and an
@@ -187,12 +153,8 @@ def install_cell_source(*, repo_url: str = REPO_URL, ref: str = BRANCH_OR_TAG) -
     satisfies ``torch>=2.2`` and is kept.
 
     Example:
-        >>> src = install_cell_source(repo_url="https://github.com/o/r", ref="v1")
-        >>> exec(src)  # not on Colab: does nothing
-        >>> "git+https://github.com/o/r@v1" in src
-        True
+        >>> exec(install_cell_source())  # not on Colab: does nothing
     """
-    spec = package_spec(repo_url=repo_url, ref=ref)
     return (
         f"{INSTALL_FIRST_LINE} at the version of this notebook.\n"
         "import sys\n"
@@ -200,46 +162,34 @@ def install_cell_source(*, repo_url: str = REPO_URL, ref: str = BRANCH_OR_TAG) -
         'if "google.colab" in sys.modules:\n'
         "    import subprocess\n"
         "\n"
-        f'    spec = "{spec}"\n'
+        f'    spec = "{package_spec()}"\n'
         '    subprocess.run([sys.executable, "-m", "pip", "install", "-q", spec], check=True)'
     )
 
 
-def readme_badges(
-    notebooks: Sequence[str], *, repo_url: str = REPO_URL, ref: str = BRANCH_OR_TAG
-) -> str:
-    """Markdown between the README's badge markers.
-
-    Args:
-        notebooks: repository paths of the notebooks; the Colab badge opens the first one.
-        repo_url: the GitHub repository.
-        ref: branch or tag.
-
-    Returns:
-        The Binder badge (JupyterLab on the whole repository) and the Colab badge.
-    """
-    binder = f"[![Binder]({BINDER_BADGE_SVG})]({binder_url(repo_url=repo_url, ref=ref)})"
+def readme_badges(notebooks: Sequence[str]) -> str:
+    """Markdown between the README's badge markers: Binder on the repository, Colab on the
+    first notebook."""
     first = sorted(notebooks)[0] if notebooks else None
-    target = (
-        colab_url(first, repo_url=repo_url, ref=ref)
-        if first
-        else "https://colab.research.google.com/"
+    target = colab_url(first) if first else "https://colab.research.google.com/"
+    return (
+        f"[![Binder]({BINDER_BADGE_SVG})]({binder_url()})\n"
+        f"[![Open In Colab]({COLAB_BADGE_SVG})]({target})"
     )
-    return f"{binder}\n[![Open In Colab]({COLAB_BADGE_SVG})]({target})"
 
 
-def readme_install(*, repo_url: str = REPO_URL, ref: str = BRANCH_OR_TAG) -> str:
+def readme_install() -> str:
     """Markdown between the README's optional install markers: the commands that need the URL."""
     return (
         "```bash\n"
-        f"git clone {repo_url}.git\n"
+        f"git clone {REPO_URL}.git\n"
         "cd dcl-teach\n"
         "```\n"
         "\n"
         "or, for the package alone (no notebooks):\n"
         "\n"
         "```bash\n"
-        f'pip install "{package_spec(repo_url=repo_url, ref=ref)}"\n'
+        f'pip install "{package_spec()}"\n'
         "```"
     )
 
@@ -256,16 +206,12 @@ def _replace_region(text: str, start: str, end: str, body: str, *, required: boo
     return f"{text[: i + len(start)]}\n{body}\n{text[j:]}"
 
 
-def update_readme(
-    text: str, notebooks: Sequence[str], *, repo_url: str = REPO_URL, ref: str = BRANCH_OR_TAG
-) -> str:
+def update_readme(text: str, notebooks: Sequence[str]) -> str:
     """README text with the generated regions refreshed and nothing else touched.
 
     Args:
         text: the README.
         notebooks: repository paths of the notebooks.
-        repo_url: the GitHub repository.
-        ref: branch or tag.
 
     Returns:
         The new README text.
@@ -275,14 +221,12 @@ def update_readme(
 
     Example:
         >>> t = "# T\\n<!-- badges:start -->\\nold\\n<!-- badges:end -->\\nrest\\n"
-        >>> new = update_readme(t, ["notebooks/a.ipynb"], repo_url="https://github.com/o/r", ref="v1")
+        >>> new = update_readme(t, ["notebooks/a.ipynb"])
         >>> new.startswith("# T\\n<!-- badges:start -->\\n[![Binder]"), new.endswith("-->\\nrest\\n")
         (True, True)
     """
-    badges = readme_badges(notebooks, repo_url=repo_url, ref=ref)
-    text = _replace_region(text, BADGES_START, BADGES_END, badges, required=True)
-    install = readme_install(repo_url=repo_url, ref=ref)
-    return _replace_region(text, INSTALL_START, INSTALL_END, install, required=False)
+    text = _replace_region(text, BADGES_START, BADGES_END, readme_badges(notebooks), required=True)
+    return _replace_region(text, INSTALL_START, INSTALL_END, readme_install(), required=False)
 
 
 def _ours(cell: dict) -> str | None:
@@ -330,9 +274,7 @@ def _keep_tags(metadata: dict) -> None:
         jt["cell_metadata_filter"] = ",".join(["tags"] + [e for e in entries if e != "-tags"])
 
 
-def update_cells(
-    nb: dict, notebook: str, *, repo_url: str = REPO_URL, ref: str = BRANCH_OR_TAG
-) -> dict:
+def update_cells(nb: dict, notebook: str) -> dict:
     """A copy of a notebook with its badge and install cells regenerated.
 
     The badge cell goes first; the install cell goes right before the first other code cell
@@ -341,8 +283,6 @@ def update_cells(
     Args:
         nb: notebook as a dict (``nbformat`` or ``jupytext`` node, or plain JSON).
         notebook: path of the notebook inside the repository, used in the badge links.
-        repo_url: the GitHub repository.
-        ref: branch or tag.
 
     Returns:
         The updated notebook; ``nb`` is not modified.
@@ -361,15 +301,8 @@ def update_cells(
     nb = copy.deepcopy(nb)
     with_id = (nb.get("nbformat"), nb.get("nbformat_minor", 0)) >= (4, 5)
     old = {_ours(c): c for c in nb["cells"]}
-    badge = _new_cell(
-        "markdown",
-        badge_cell_source(notebook, repo_url=repo_url, ref=ref),
-        BADGE_TAG,
-        with_id=with_id,
-    )
-    install = _new_cell(
-        "code", install_cell_source(repo_url=repo_url, ref=ref), INSTALL_TAG, with_id=with_id
-    )
+    badge = _new_cell("markdown", badge_cell_source(notebook), BADGE_TAG, with_id=with_id)
+    install = _new_cell("code", install_cell_source(), INSTALL_TAG, with_id=with_id)
     cells = [c for c in nb["cells"] if _ours(c) is None]
     first_code = next((i for i, c in enumerate(cells) if c["cell_type"] == "code"), len(cells))
     cells.insert(first_code, _wanted(old.get(INSTALL_TAG), install))
@@ -379,22 +312,22 @@ def update_cells(
     return nb
 
 
-def _render_ipynb(path: Path, notebook: str, *, repo_url: str, ref: str) -> str:
+def _render_ipynb(path: Path, notebook: str) -> str:
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
-    new = nbformat.from_dict(update_cells(nb, notebook, repo_url=repo_url, ref=ref))
+    new = nbformat.from_dict(update_cells(nb, notebook))
     text = nbformat.writes(new)
     return text if text.endswith("\n") else text + "\n"
 
 
-def _render_script(path: Path, notebook: str, *, repo_url: str, ref: str) -> str:
+def _render_script(path: Path, notebook: str) -> str:
     import jupytext
     import nbformat
 
     text = path.read_text(encoding="utf-8")
     nb = jupytext.reads(text, fmt="py:percent")
-    new = nbformat.from_dict(update_cells(nb, notebook, repo_url=repo_url, ref=ref))
+    new = nbformat.from_dict(update_cells(nb, notebook))
     for cell in new.cells:  # a text notebook stores no cell ids
         cell.pop("id", None)
     return jupytext.writes(new, fmt="py:percent")
@@ -418,16 +351,12 @@ def notebook_files(root: Path) -> dict[str, list[Path]]:
     return found
 
 
-def regenerate(
-    root: Path, *, check: bool = False, repo_url: str = REPO_URL, ref: str = BRANCH_OR_TAG
-) -> list[Path]:
+def regenerate(root: Path, *, check: bool = False) -> list[Path]:
     """Regenerate the badges and install cells of a checkout.
 
     Args:
         root: repository root (holds ``README.md`` and ``notebooks/``).
         check: only report; write nothing.
-        repo_url: the GitHub repository.
-        ref: branch or tag.
 
     Returns:
         The files that changed (or, with ``check``, would change).
@@ -440,18 +369,16 @@ def regenerate(
     for notebook, files in notebooks.items():
         for path in files:  # the .ipynb first, then its script: the script must end up newer
             render = _render_ipynb if path.suffix == ".ipynb" else _render_script
-            new_text[path] = render(path, notebook, repo_url=repo_url, ref=ref)
+            new_text[path] = render(path, notebook)
     readme = root / "README.md"
     if not readme.exists():
         raise ValueError(f"{readme} not found")
-    new_text[readme] = update_readme(
-        readme.read_text(encoding="utf-8"), list(notebooks), repo_url=repo_url, ref=ref
-    )
+    new_text[readme] = update_readme(readme.read_text(encoding="utf-8"), list(notebooks))
 
     changed = [p for p, text in new_text.items() if p.read_text(encoding="utf-8") != text]
     if not check:
         for path in changed:
-            path.write_text(new_text[path], encoding="utf-8")
+            atomic_write(path, new_text[path])
     return changed
 
 
