@@ -51,6 +51,8 @@ from dcl_teach.train import (
 COMMANDS = ("train", "compare", "sweep")
 _CHOICES = {"dataset": tuple(ARCHITECTURES), "loss": tuple(LOSSES), "amp": AMP_MODES, "norm": NORMS}
 _ALIASES = {"out_dir": ("--out",)}  # extra spellings of a flag
+_METAVARS = {"batch_sizes": "B", "steps_batch_sizes": "B", "match_steps_of": "B", "seeds": "S"}
+_METAVARS["arms"] = "ARM"  # one of the choices the help lists
 
 
 def _optional(kind: type):
@@ -72,25 +74,39 @@ def add_config_flags(parser: argparse.ArgumentParser, *, exclude: Sequence[str] 
 
     Taught in notebook 06.
     """
-    hints = typing.get_type_hints(TrainConfig)
-    group = parser.add_argument_group("training configuration (TrainConfig fields)")
-    for f in dataclasses.fields(TrainConfig):
+    _add_field_flags(parser, TrainConfig, "training configuration (TrainConfig fields)", exclude)
+
+
+def _add_field_flags(parser, cls: type, title: str, exclude: Sequence[str]) -> None:
+    """One flag per field of the dataclass ``cls``, with the help text the field carries.
+
+    ``bool`` fields get ``--x/--no-x``, ``tuple[T, ...]`` fields take one or more values,
+    ``T | None`` fields also take ``none``; unset flags are absent from the namespace.
+    """
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(title)
+    for f in dataclasses.fields(cls):
         if f.name in exclude:
             continue
         hint = hints[f.name]
-        optional = type(None) in typing.get_args(hint)
-        kind = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+        args = [a for a in typing.get_args(hint) if a not in (type(None), Ellipsis)]
+        kind = args[0] if args else hint
         flags = [f"--{f.name.replace('_', '-')}", *_ALIASES.get(f.name, ())]
-        text = f"{f.metadata.get('help', '')} (default: {f.default})".strip()
+        default = list(f.default) if isinstance(f.default, tuple) else f.default
+        text = f"{f.metadata.get('help', '')} (default: {default})".strip()
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": text}
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
+            optional = type(None) in typing.get_args(hint)
             kwargs["type"] = _optional(kind) if optional else kind
-            kwargs["metavar"] = f.name.upper()
+            kwargs["metavar"] = _METAVARS.get(f.name, f.name.upper())
+            if typing.get_origin(hint) is tuple:
+                kwargs["nargs"] = "+"
             if f.name in _CHOICES:
                 kwargs["choices"] = _CHOICES[f.name]
-                kwargs.pop("metavar")
+                if f.name not in _METAVARS:
+                    kwargs.pop("metavar")
         group.add_argument(*flags, **kwargs)
 
 
@@ -159,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_sweep_parser(sub) -> None:
     from dcl_teach.sweep import ARMS, SweepConfig
 
-    d = SweepConfig()
+    _CHOICES["arms"] = ARMS
     sw = sub.add_parser(
         "sweep",
         help="train losses x batch sizes x seeds with controls; summarise with error bars",
@@ -177,80 +193,15 @@ def _add_sweep_parser(sub) -> None:
         help="output folder (default: results/digits-sweep)",
     )
     sw.add_argument(
-        "--batch-sizes",
-        nargs="+",
-        type=int,
-        default=list(d.batch_sizes),
-        metavar="B",
-        help=f"batch sizes (default: {list(d.batch_sizes)})",
-    )
-    sw.add_argument(
-        "--seeds",
-        nargs="+",
-        type=int,
-        default=list(d.seeds),
-        metavar="S",
-        help=f"seeds (default: {list(d.seeds)})",
-    )
-    sw.add_argument(
-        "--arms",
-        nargs="+",
-        choices=ARMS,
-        default=list(d.arms),
-        metavar="ARM",
-        help=f"arms of the grid, from {list(ARMS)} (default: all)",
-    )
-    sw.add_argument(
-        "--match-steps-of",
-        type=int,
-        default=d.match_steps_of,
-        metavar="B",
-        help="the *_steps arms train as many steps as this batch size does "
-        f"(default: {d.match_steps_of})",
-    )
-    sw.add_argument(
-        "--steps-batch-sizes",
-        nargs="+",
-        type=int,
-        default=list(d.steps_batch_sizes),
-        metavar="B",
-        help=f"batch sizes of the *_steps arms (default: {list(d.steps_batch_sizes)})",
-    )
-    sw.add_argument(
-        "--few-labels",
-        type=int,
-        default=d.few_labels,
-        metavar="K",
-        help=f"labels per class in the few-label protocols (default: {d.few_labels})",
-    )
-    sw.add_argument(
-        "--few-draws",
-        type=int,
-        default=d.few_draws,
-        metavar="R",
-        help=f"random label draws averaged over (default: {d.few_draws})",
-    )
-    sw.add_argument(
-        "--few-k",
-        type=int,
-        default=d.few_k,
-        metavar="K",
-        help=f"kNN neighbours in the few-label protocol (default: {d.few_k})",
-    )
-    sw.add_argument(
-        "--only",
-        nargs="+",
-        default=None,
-        metavar="NAME",
-        help="train only these runs, e.g. dcl_bs64_seed0",
+        "--only", nargs="+", metavar="NAME", help="train only these runs, e.g. dcl_bs64_seed0"
     )
     sw.add_argument(
         "--threads",
         type=int,
-        default=None,
         metavar="N",
         help="CPU threads for torch (default: 1 for digits on the CPU)",
     )
+    _add_field_flags(sw, SweepConfig, "the sweep (SweepConfig fields)", exclude=("base",))
     _add_preset_flag(sw)
     add_config_flags(sw, exclude=("loss", "batch_size", "seed", "out_dir", "progress"))
 
@@ -451,17 +402,10 @@ def _sweep(config: TrainConfig, args: argparse.Namespace, sub) -> int:
     if "epochs" not in vars(args) and config.dataset == "digits":
         config = dataclasses.replace(config, epochs=SweepConfig().base.epochs)  # 30, not 50
     try:
-        sweep = SweepConfig(
-            base=dataclasses.replace(config, progress=False),
-            batch_sizes=tuple(args.batch_sizes),
-            seeds=tuple(args.seeds),
-            arms=tuple(args.arms),
-            match_steps_of=args.match_steps_of,
-            steps_batch_sizes=tuple(args.steps_batch_sizes),
-            few_labels=args.few_labels,
-            few_draws=args.few_draws,
-            few_k=args.few_k,
-        )
+        names = {f.name for f in dataclasses.fields(SweepConfig)}
+        given = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items()}
+        fields = {k: v for k, v in given.items() if k in names}
+        sweep = SweepConfig(base=dataclasses.replace(config, progress=False), **fields)
         command = " ".join(["python -m dcl_teach", *sys.argv[1:]])
         results = run_sweep(sweep, args.out_dir, only=args.only, command=command)
     except ValueError as e:

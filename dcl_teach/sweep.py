@@ -49,7 +49,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dcl_teach.atomic import atomic_write
-from dcl_teach.config import TrainConfig
+from dcl_teach.config import TrainConfig, option
 from dcl_teach.data import ImageSet, load_dataset
 from dcl_teach.evaluate import (
     embed,
@@ -117,17 +117,21 @@ class SweepConfig:
         ('infonce', 'dcl', 'dclw', 'infonce_lrq', 'infonce_steps', 'dcl_steps')
     """
 
-    base: TrainConfig = TrainConfig(epochs=30, progress=False)  # shared settings of every run
-    batch_sizes: tuple[int, ...] = (8, 16, 32, 64, 256)
-    seeds: tuple[int, ...] = (0, 1, 2)
-    arms: tuple[str, ...] = ARMS
-    match_steps_of: int = 32  # the *_steps arms get as many steps as this batch size
-    steps_batch_sizes: tuple[int, ...] = (64, 256)  # where the *_steps arms run
-    few_labels: int = 5  # labelled images per class in the few-label protocols
-    few_draws: int = 20  # random label draws averaged over
-    few_k: int = 10  # kNN neighbours in the few-label protocol (<= the labelled bank)
-    eval_seed: int = 1234  # seeds the label draws: the same draws for every run
-    keep_checkpoints: bool = False  # a finished run's checkpoint is deleted to save space
+    base: TrainConfig = option(
+        TrainConfig(epochs=30, progress=False), "shared settings of every run"
+    )
+    batch_sizes: tuple[int, ...] = option((8, 16, 32, 64, 256), "batch sizes of the grid")
+    seeds: tuple[int, ...] = option((0, 1, 2), "seeds of the grid")
+    arms: tuple[str, ...] = option(ARMS, f"arms of the grid, from {list(ARMS)}")
+    match_steps_of: int = option(32, "the *_steps arms get as many steps as this batch size")
+    steps_batch_sizes: tuple[int, ...] = option((64, 256), "where the *_steps arms run")
+    few_labels: int = option(5, "labelled images per class in the few-label protocols")
+    few_draws: int = option(20, "random label draws averaged over")
+    few_k: int = option(10, "kNN neighbours in the few-label protocol (<= the labelled bank)")
+    eval_seed: int = option(1234, "seeds the label draws: the same draws for every run")
+    keep_checkpoints: bool = option(
+        False, "keep a finished run's checkpoint (else deleted to save space)"
+    )
 
     def __post_init__(self) -> None:
         unknown = [a for a in self.arms if a not in ARMS]
