@@ -147,17 +147,20 @@ print(
 
 # %% [markdown]
 # Three closed forms to test against: all points at one place (uniformity 0), two antipodal
-# points (squared distance 4, so $-4t$), and the four corners of a regular tetrahedron, the most
-# even spread of four points on $S^2$, where every pair has cosine $-1/3$ and squared distance
-# $8/3$, so uniformity is $-8t/3$.
+# points (squared distance 4, so $-4t$), and the six corners of an octahedron, $\pm e_x, \pm e_y,
+# \pm e_z$: of its 15 pairs, 3 are antipodal (squared distance 4) and 12 orthogonal (squared
+# distance 2), so its uniformity is $\log\big((3e^{-4t} + 12e^{-2t})/15\big)$.
 
 # %% tags=["nbval-check-output"]
 v = F.normalize(torch.tensor([[1.0, 2.0, 2.0]], dtype=torch.float64), dim=1)  # (1, 3)
-tetra = F.normalize(
-    torch.tensor([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]], dtype=torch.float64), dim=1
-)  # (4, 3) a regular tetrahedron
-cases = {"one point": v.repeat(4, 1), "antipodal": torch.cat([v, -v]), "tetrahedron": tetra}
-expected = {"one point": 0.0, "antipodal": -8.0, "tetrahedron": -16 / 3}
+eye = torch.eye(3, dtype=torch.float64)
+octahedron = torch.cat([eye, -eye])  # (6, 3)
+cases = {"one point": v.repeat(4, 1), "antipodal": torch.cat([v, -v]), "octahedron": octahedron}
+expected = {
+    "one point": 0.0,
+    "antipodal": -8.0,
+    "octahedron": math.log((3 * math.exp(-8) + 12 * math.exp(-4)) / 15),
+}
 for name, z in cases.items():
     assert math.isclose(uniformity(z).item(), expected[name], abs_tol=1e-12)
     print(f"{name:12} uniformity (t = 2) = {uniformity(z).item():8.4f}")
@@ -175,7 +178,7 @@ for width in widths:
     arc_unif.append(uniformity(arc).item())
 fig, ax = plt.subplots(figsize=(5.5, 3.2))
 ax.plot(widths / math.pi, arc_unif, label="8 points on an arc")
-ax.axhline(-16 / 3, color="0.5", ls=":", label="4-point tetrahedron on $S^2$")
+ax.axhline(expected["octahedron"], color="0.5", ls=":", label="6-point octahedron on $S^2$")
 ax.set(xlabel=r"width of the arc ($\times \pi$)", ylabel="uniformity (t = 2)",
        title="spreading points lowers uniformity")  # fmt: skip
 ax.legend()
@@ -342,7 +345,8 @@ ax.legend(fontsize=8)
 plt.show()
 
 # %% [markdown]
-# The alignment term does not depend on $N$; the uniformity term grows like $\log(2N - 2)$;
+# The alignment term does not grow with $N$ (it only measures how close the pairs are); the
+# uniformity term grows like $\log(2N - 2)$;
 # the positive's share shrinks as the negatives crowd the denominator. With a few hundred
 # pairs InfoNCE and DCL differ by little, as notebook 04 found for their gradients.
 
@@ -361,8 +365,9 @@ runs = compare_on_sphere(8, tau=0.1, steps=300)  # {"infonce": ..., "dcl": ...}
 render_sphere(runs, frame=3)
 
 # %% [markdown]
-# Above, after 30 steps: the pairs (grey lines) are closing and the points spreading. Below, the
-# end of the run. Each point is one view; a pair is one image.
+# Above, after 30 of 300 steps. Each point is one view and a grey line joins the two views of
+# an image. Under InfoNCE the pairs are still closing; under DCL they have closed (each orange
+# view hides under its blue twin) and the images are spreading out. Below, the end of the run.
 
 # %%
 render_sphere(runs)
@@ -399,53 +404,71 @@ print(
 )
 
 # %% [markdown]
-# Both losses want the same thing here: each pair at one point, the $N$ points as far apart as
-# the sphere allows. What differs is the speed, and it is $q_B$ again: as the configuration
-# improves, each positive becomes easy and the negatives far away, $q_a$ falls, and every
-# InfoNCE step shrinks by that factor. DCL's step does not. On a larger batch or at a higher
-# temperature $q_B$ stays near 1 and the two runs look alike; try it with the sliders below.
+# Both losses push towards the same kind of configuration: each pair at one point, the $N$
+# images spread over the sphere. (In a symmetric arrangement, where every anchor has the same
+# $q_a$, a stationary point of DCL is one of InfoNCE too: InfoNCE's gradient is the
+# $q_a$-weighted sum of the DCL terms' gradients.) What differs is the speed, and it is $q_B$
+# again: as the configuration improves, each positive becomes easy and the negatives far away,
+# $q_a$ falls, and every InfoNCE step shrinks by that factor. DCL's step does not. With more
+# pairs or at a higher temperature $q_B$ falls less and the two runs look more alike; try it
+# with the sliders below.
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # ### Exercise 7.2: predict where four pairs end up
 #
-# Before running it: where does DCL put $N = 4$ pairs on $S^2$ at $\tau = 0.2$? Write
-# `predicted_end(t)` returning the alignment (7.1, $\alpha = 2$) and the uniformity (7.2, with
-# parameter `t`, on one view) you expect for the final configuration, as two floats, from
-# geometry alone (no optimiser, no `dcl_teach.geometry`). The check runs the optimiser and
-# compares.
+# Before running it: where does DCL put $N = 4$ pairs on $S^2$? Write `predicted_end(t, tau)`
+# returning three floats you expect for the final configuration of a run at temperature `tau`:
+# its alignment (7.1, $\alpha = 2$), its uniformity (7.2, with parameter `t`, on one view) and
+# its DCL loss. Work from geometry alone (no optimiser, no `dcl_teach`); (7.4) helps with the
+# loss. The check runs the optimiser at $\tau = 0.2$ and compares.
 
 # %% exercise="7.2" tags=["exercise"]
-def predicted_end(t: float) -> tuple[float, float]:
-    """(alignment, uniformity at parameter t) of the final DCL configuration of 4 pairs on S^2."""
+def predicted_end(t: float, tau: float) -> tuple[float, float, float]:
+    """(alignment, uniformity at t, DCL loss) of DCL's final configuration of 4 pairs on S^2."""
     # Your code here.
     raise NotImplementedError
 
 
 # %% exercise="7.2" tags=["check"]
 four = compare_on_sphere(4, tau=0.2, steps=300)["dcl"]
-found = (alignment(four.z1[-1], four.z2[-1]).item(), uniformity(four.z1[-1], t=2.0).item())
-verdict = check("7.2", predicted_end, 2.0, expected=found, atol=1e-4)
-predicted_fn = predicted_end if verdict.ok else (lambda t: (0.0, -8 * t / 3))
+found = (
+    alignment(four.z1[-1], four.z2[-1]).item(),
+    uniformity(four.z1[-1], t=2.0).item(),
+    dcl(four.z1[-1], four.z2[-1], tau=0.2).item(),
+)
+verdict = check("7.2", predicted_end, 2.0, 0.2, expected=found, atol=1e-4)
+predicted_fn = (
+    predicted_end
+    if verdict.ok
+    else (lambda t, tau: (0.0, -8 * t / 3, -1 / tau + math.log(6) - 1 / (3 * tau)))
+)
 
 
 # %% exercise="7.2" jupyter={"source_hidden": true} tags=["solution"]
-def predicted_end(t: float) -> tuple[float, float]:  # noqa: F811
-    """(alignment, uniformity at parameter t) of the final DCL configuration of 4 pairs on S^2."""
+def predicted_end(t: float, tau: float) -> tuple[float, float, float]:  # noqa: F811
+    """(alignment, uniformity at t, DCL loss) of DCL's final configuration of 4 pairs on S^2."""
     # Each pair closes (alignment 0); the 4 images spread as far as S^2 allows: a regular
-    # tetrahedron, every pairwise cosine -1/3, squared distance 2 - 2(-1/3) = 8/3.
-    return 0.0, -t * 8 / 3
+    # tetrahedron. Its 4 unit vectors sum to zero and share one pairwise cosine c, so
+    # 0 = |sum|^2 = 4 + 12 c gives c = -1/3 and every squared distance is 2 - 2c = 8/3.
+    # By (7.4): 0 / (2 tau) + log 6 + log of the mean potential e^{-(8/3) / (2 tau)}.
+    align = 0.0
+    unif = -t * 8 / 3
+    loss = align / (2 * tau) + math.log(6) - (8 / 3) / (2 * tau)
+    return align, unif, loss
 
 
 # %% [markdown]
-# The same prediction at another $t$, against the same final configuration:
+# The same prediction at other values of $t$, and at another temperature, against new runs:
 
 # %% tags=["nbval-ignore-output"]
-for t_u in (1.0, 3.0):
-    got = predicted_fn(t_u)
-    assert abs(got[1] - uniformity(four.z1[-1], t=t_u).item()) < 1e-4
-    print(
-        f"t = {t_u}: predicted uniformity {got[1]:.4f}, found {uniformity(four.z1[-1], t=t_u):.4f}"
-    )
+four_hot = compare_on_sphere(4, tau=0.5, steps=300)["dcl"]
+for t_u, tau_u, run in ((1.0, 0.2, four), (3.0, 0.5, four_hot)):
+    _, unif_p, loss_p = predicted_fn(t_u, tau_u)
+    unif_f = uniformity(run.z1[-1], t=t_u).item()
+    loss_f = dcl(run.z1[-1], run.z2[-1], tau=tau_u).item()
+    assert abs(unif_p - unif_f) < 1e-4 and abs(loss_p - loss_f) < 1e-4
+    print(f"t = {t_u}, tau = {tau_u}: uniformity {unif_p:.4f} predicted, {unif_f:.4f} found; "
+          f"DCL {loss_p:.4f} predicted, {loss_f:.4f} found")  # fmt: skip
 
 # %% [markdown]
 # Now explore. Move **tau** and **pairs N**, and step through the run with **frame**. At which
