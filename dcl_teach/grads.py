@@ -26,7 +26,9 @@ from dcl_teach.losses import check_embeddings, check_positive, vmf_weights_from_
 from dcl_teach.masks import negative_mask, positive_index
 
 
-def _similarities(z1: torch.Tensor, z2: torch.Tensor, tau: float):
+def _similarities(
+    z1: torch.Tensor, z2: torch.Tensor, tau: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     # Works on one batch (N, D) or a stack of batches (B, N, D): every index is on the last axes.
     n = z1.shape[-2]
     z = torch.cat([z1, z2], dim=-2)  # (..., 2N, D)
@@ -76,7 +78,9 @@ def coupling(
         return torch.sigmoid(log_u - s_pos)  # (2N,) U / (e^pos + U)
 
 
-def _grad(z1, z2, *, tau, alpha, beta):
+def _grad(
+    z1: torch.Tensor, z2: torch.Tensor, *, tau: float, alpha: torch.Tensor, beta: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     n = z1.shape[0]
     z, pos, _, s_neg = _similarities(z1, z2, tau)
     pn = torch.softmax(s_neg, dim=1)  # (2N, 2N) pn[a, j], zero off the negatives
@@ -88,13 +92,15 @@ def _grad(z1, z2, *, tau, alpha, beta):
     return g[:n], g[n:]
 
 
-def _check(z1, z2, tau):
+def _check(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> float:
     tau = check_positive("tau", tau)
     check_embeddings(z1, z2, min_pairs=2, loss="the gradient")
     return tau
 
 
-def info_nce_grad(z1: torch.Tensor, z2: torch.Tensor, *, tau: float = 0.1):
+def info_nce_grad(
+    z1: torch.Tensor, z2: torch.Tensor, *, tau: float = 0.1
+) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Closed-form InfoNCE gradient, Eqs. (2.5)-(2.7) of the course; Eq. (3) of Yeh et al. (2021).
 
     Every term carries the coupling factor q_B (Proposition 1 of the paper):
@@ -125,7 +131,9 @@ def info_nce_grad(z1: torch.Tensor, z2: torch.Tensor, *, tau: float = 0.1):
     return _grad(z1, z2, tau=tau, alpha=q, beta=q)
 
 
-def dcl_grad(z1: torch.Tensor, z2: torch.Tensor, *, tau: float = 0.1):
+def dcl_grad(
+    z1: torch.Tensor, z2: torch.Tensor, *, tau: float = 0.1
+) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Closed-form DCL gradient, Eq. (4.2) of the course: the InfoNCE gradient without q_B.
 
     Args:
@@ -255,7 +263,9 @@ def vmf_weights(z1: torch.Tensor, z2: torch.Tensor, *, sigma: float = 0.5) -> to
         return vmf_weights_from_cosines(c.sum(dim=1), sigma=sigma)  # (N,)
 
 
-def dclw_grad(z1: torch.Tensor, z2: torch.Tensor, *, tau: float = 0.1, sigma: float = 0.5):
+def dclw_grad(
+    z1: torch.Tensor, z2: torch.Tensor, *, tau: float = 0.1, sigma: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Closed-form DCLW gradient with detached weights, Eq. (5.3) of the course.
 
     The DCL gradient with each positive term scaled by its pair's weight ``w_i``.

@@ -320,7 +320,9 @@ def localise_badges(site: Path) -> int:
     return count
 
 
-def build_site(root: Path = Path("."), out: Path = Path("build/site"), *, quiet: bool = True):
+def build_site(
+    root: Path = Path("."), out: Path = Path("build/site"), *, quiet: bool = True
+) -> dict[str, object]:
     """Build the whole site into ``out``; return ``{"seconds": ..., "lessons": [...]}``.
 
     Raises:
