@@ -1,17 +1,10 @@
-r"""Alignment and uniformity on the hypersphere, and free embeddings optimised on the sphere S^2.
+r"""Alignment and uniformity (Wang & Isola, 2020), the loss split, free points on the sphere S^2.
 
-Wang & Isola (2020, "Understanding Contrastive Representation Learning through Alignment and
-Uniformity on the Hypersphere", ICML) measure an encoder by two numbers: how close the two views
-of an image land (alignment, lower is closer) and how evenly all embeddings cover the sphere
-(uniformity, lower is more even). This module computes both, splits the per-anchor DCL and
-InfoNCE losses into an alignment term and a uniformity term, and moves free unit vectors by
-gradient descent so that notebook 07 can draw what each loss does to them.
+Per anchor ``a`` of unit ``z = cat([z1, z2])``, with ``s = z z^T / tau`` and ``U_a`` the sum of
+``exp(s[a, j])`` over its 2N - 2 negatives (Eq. 2 of Yeh et al.):
 
-With ``z = cat([z1, z2])`` on the unit sphere, ``s = z z^T / tau`` and
-``U_a = sum_{j in N(a)} exp(s[a, j])`` over the 2N - 2 negatives of anchor ``a``:
-
-    L^DCL_a     = -s[a, pos(a)] + log U_a                       (alignment + uniformity)
-    L^InfoNCE_a = L^DCL_a + log(1 + exp(s[a, pos(a)]) / U_a)    (+ the positive's share, -log q_a)
+    L^DCL_a     = -s[a, pos(a)] + log U_a                     (alignment + uniformity terms)
+    L^InfoNCE_a = L^DCL_a + log(1 + exp(s[a, pos(a)]) / U_a)  (+ the positive's share, -log q_a)
 """
 
 from __future__ import annotations
@@ -29,8 +22,12 @@ from dcl_teach.grads import _similarities
 from dcl_teach.losses import LOSSES, check_embeddings, check_positive
 from dcl_teach.widgets import figure_png
 
-#: Losses the sphere optimiser accepts, with the names the figures print.
 SPHERE_LOSSES = {"infonce": "InfoNCE", "dcl": "DCL"}
+
+
+def _frame_steps(steps: int, frames: int) -> list[int]:
+    """The steps after which :func:`optimise_on_sphere` keeps a frame (evenly spaced, unique)."""
+    return sorted(set(torch.linspace(0, steps, frames).round().long().tolist()))
 
 
 def _unit(z: torch.Tensor, normalize: bool) -> torch.Tensor:
@@ -74,8 +71,7 @@ def uniformity(z: torch.Tensor, *, t: float = 2.0, normalize: bool = True) -> to
 
     .. math:: \mathcal{L}_{\text{uniform}} = \log \frac{2}{M(M-1)} \sum_{i<j} e^{-t \lVert z_i - z_j \rVert_2^2}
 
-    The log of the mean Gaussian potential over all distinct pairs of rows, computed with
-    ``logsumexp``. Wang & Isola apply it to each view and average the two.
+    Computed with ``logsumexp``. Wang & Isola apply it to each view and average the two.
 
     Args:
         z: (M, D) embeddings, M >= 2.
@@ -167,11 +163,10 @@ def optimise_on_sphere(
 ) -> SphereRun:
     r"""Gradient descent on N free pairs of unit vectors (no encoder), under InfoNCE or DCL.
 
-    Each step moves every vector against the gradient of the *summed* loss (the paper's
-    reduction), scaled by ``lr * tau`` so that a step turns a vector by about ``lr`` radians at
-    any temperature, then puts it back on the sphere (the losses normalise inside, so the
-    gradient is already tangent). Both views start at independent random points, so at the
-    start the pairs are far apart. The same seed gives both losses the same start.
+    Each step moves every vector by ``-lr * tau`` times the gradient of the *summed* loss (a
+    turn of about ``lr`` radians at any temperature; the gradient is tangent, the losses
+    normalise inside), then back onto the sphere. Both views start at independent random
+    points, the same for both losses at the same seed.
 
     Args:
         n: N, the number of pairs, >= 2.
@@ -205,19 +200,24 @@ def optimise_on_sphere(
     tau, lr = check_positive("tau", tau), check_positive("lr", lr)
     g = torch.Generator().manual_seed(seed)
     z = F.normalize(torch.randn(2, n, dim, generator=g, dtype=torch.float64), dim=-1)  # (2, N, D)
-    keep = set(torch.linspace(0, steps, frames).round().long().tolist())  # frame steps
+    keep = set(_frame_steps(steps, frames))
     kept, at, curve = [], [], []
-    for step in range(steps + 1):
-        if step in keep:
-            kept.append(z.clone())
-            at.append(step)
-        if step == steps:
-            break
-        z.requires_grad_(True)
-        value = LOSSES[loss](z[0], z[1], tau=tau, reduction="sum")
-        (grad,) = torch.autograd.grad(value, z)  # (2, N, D) tangent to the sphere
-        curve.append(value.item() / (2 * n))  # report the mean, as everywhere in the course
-        z = F.normalize(z.detach() - lr * tau * grad, dim=-1)  # (2, N, D) step, back on S^2
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a (2N, 2N) problem: threads cost more than they save
+    try:
+        for step in range(steps + 1):
+            if step in keep:
+                kept.append(z.clone())
+                at.append(step)
+            if step == steps:
+                break
+            z.requires_grad_(True)
+            value = LOSSES[loss](z[0], z[1], tau=tau, reduction="sum")
+            (grad,) = torch.autograd.grad(value, z)  # (2, N, D) tangent to the sphere
+            curve.append(value.item() / (2 * n))  # report the mean, as everywhere in the course
+            z = F.normalize(z.detach() - lr * tau * grad, dim=-1)  # (2, N, D) back on S^2
+    finally:
+        torch.set_num_threads(threads)
     frames_z = torch.stack(kept)  # (T, 2, N, D)
     return SphereRun(frames_z[:, 0], frames_z[:, 1], torch.tensor(at),
                      torch.tensor(curve, dtype=torch.float64), loss, tau)  # fmt: skip
@@ -328,8 +328,7 @@ def _compare(n: int, tau: float, steps: int, seed: int) -> dict:
 def explore_sphere(*, steps: int = 300, seed: int = 0):
     """Sliders "tau", "pairs N" and "frame" over :func:`render_sphere` of :func:`compare_on_sphere`.
 
-    The optimiser runs (a fraction of a second for N <= 64) only when tau or N change; moving
-    through the frames redraws the cached runs.
+    The optimiser (under a second) runs only when tau or N change; frames redraw cached runs.
 
     Returns:
         An ``ipywidgets.interactive``; its output area shows the figure as a PNG image.
@@ -340,7 +339,7 @@ def explore_sphere(*, steps: int = 300, seed: int = 0):
     from IPython.display import Image, display
 
     style = {"description_width": "6em"}
-    last = len(optimise_on_sphere(2, steps=steps).steps) - 1  # frames kept per run, less one
+    last = len(_frame_steps(steps, 31)) - 1  # index of the last frame (31 frames by default)
     controls = {
         "tau": widgets.FloatLogSlider(value=0.1, base=10, min=-1.3, max=0, step=0.1,
                                       description="tau", continuous_update=False, style=style),

@@ -199,7 +199,9 @@ def test_identical_embeddings_closed_forms():
 
 @pytest.mark.parametrize("loss", ["infonce", "dcl"])
 def test_optimiser_stays_on_the_sphere_and_lowers_its_loss(loss):
+    threads = torch.get_num_threads()
     run = optimise_on_sphere(6, loss=loss, tau=0.3, steps=60, frames=7)
+    assert torch.get_num_threads() == threads  # runs on one thread, restores the caller's count
     assert run.z1.shape == run.z2.shape == (7, 6, 3) and run.steps.tolist() == list(
         range(0, 61, 10)
     )
