@@ -20,6 +20,7 @@ NAMES = (
     "03_qb_batch_temperature",
     "04_dcl",
     "05_dclw",
+    "08_memory_queues",
     "09_spot_the_bug",
 )
 EQUATION_TAGS = {
@@ -29,6 +30,7 @@ EQUATION_TAGS = {
     "03_qb_batch_temperature": ["3.1"],
     "04_dcl": ["4.1", "4.2", "4.3", "4.4"],
     "05_dclw": ["5.1", "5.2", "5.3", "5.4"],
+    "08_memory_queues": ["8.1", "8.2", "8.3", "8.4"],
     "09_spot_the_bug": [f"9.{m}" for m in range(1, 7)],
 }
 VERIFIED_PAPER_EQUATIONS = {1, 2, 3, 4}  # what docs/references.md lists as checked
