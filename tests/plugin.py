@@ -54,7 +54,12 @@ AsyncIpcKernelManager = _over_ipc(AsyncKernelManager)  # for nbclient.NotebookCl
 
 
 # Notebooks whose run trains an encoder or takes more than about 15 s on a 2-core CPU.
-SLOW_NOTEBOOKS = ("03_qb_batch_temperature", "06_train_it_yourself", "08_memory_queues")
+SLOW_NOTEBOOKS = (
+    "03_qb_batch_temperature",
+    "06_train_it_yourself",
+    "07_geometry",
+    "08_memory_queues",
+)
 
 
 def pytest_configure(config):

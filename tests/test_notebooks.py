@@ -20,6 +20,7 @@ NAMES = (
     "03_qb_batch_temperature",
     "04_dcl",
     "05_dclw",
+    "07_geometry",
     "08_memory_queues",
     "09_spot_the_bug",
 )
@@ -30,6 +31,7 @@ EQUATION_TAGS = {
     "03_qb_batch_temperature": ["3.1"],
     "04_dcl": ["4.1", "4.2", "4.3", "4.4"],
     "05_dclw": ["5.1", "5.2", "5.3", "5.4"],
+    "07_geometry": [f"7.{m}" for m in range(1, 8)],
     "08_memory_queues": ["8.1", "8.2", "8.3", "8.4"],
     "09_spot_the_bug": [f"9.{m}" for m in range(1, 7)],
 }
