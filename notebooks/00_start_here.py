@@ -78,9 +78,12 @@ print(f"dcl_teach {dcl_teach.__version__} on {device}")
 # | **01 InfoNCE from scratch** | the $2N \times 2N$ similarity matrix, positives and negatives, a numerically stable loss, closed forms to test against | `dcl_teach.masks`, `dcl_teach.losses.info_nce` |
 # | **02 The gradient of InfoNCE** | the gradient derived by hand, the coupling factor $q_B$ that multiplies all of it, and why learning stalls when $q_B \approx 0$ | `dcl_teach.grads` (`info_nce_grad`, `coupling`) |
 # | **03 $q_B$, batch size and temperature** | how the batch size and $\tau$ shift the distribution of $q_B$, with an interactive explorer | `dcl_teach.grads.coupling`, `dcl_teach.synthetic`, `dcl_teach.widgets` |
-# | **04 Decoupled contrastive learning (DCL)** | drop the positive from the denominator and $q_B$ leaves the gradient; a memory-efficient kernel | `dcl_teach.losses.dcl`, `dcl_teach.grads.dcl_grad`, `dcl_teach.fused` |
+# | **04 Decoupled contrastive learning (DCL)** | drop the positive from the denominator and $q_B$ leaves the gradient; why the loss can be negative, and its floor | `dcl_teach.losses.dcl`, `dcl_teach.grads.dcl_grad`, `dcl_teach.fused` |
 # | **05 Weighted DCL (DCLW)** | a von Mises-Fisher weight that lets hard positives pull harder | `dcl_teach.losses.dclw`, `dcl_teach.grads.vmf_weights` |
 # | **06 Train it yourself** | SimCLR-style training with InfoNCE, DCL and DCLW, judged by kNN accuracy | `dcl_teach.data`, `augment`, `models`, `train`, `evaluate` |
+# | **07 Geometry: alignment, uniformity and the hypersphere** | DCL split into alignment and uniformity, free points on the sphere, $q_B = 1 - e^{-L}$, the mutual-information bound and its cap | `dcl_teach.geometry` |
+# | **08 Beyond the batch: memory queues** | extra negatives from a queue of past embeddings, $q_B$ against the queue length $K$, why MoCo's queue pushes $q_B$ to 1 | `dcl_teach.queue`, `dcl_teach.losses` (`negatives=`) |
+# | **09 Spot the bug** | six real bugs of contrastive losses, and the test that catches each | `dcl_teach.bugs` |
 #
 # Notebooks 00 to 05 run in well under a minute each on a laptop CPU. Notebook 06 trains
 # small networks; it runs on a CPU and is faster on a GPU.

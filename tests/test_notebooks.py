@@ -210,6 +210,9 @@ def test_start_here_maps_the_course_and_the_notation():
             "(DCL)",
             "(DCLW)",
             "Train it yourself",
+            "Geometry",
+            "memory queues",
+            "Spot the bug",
         )
     ):
         assert re.search(rf"\*\*0{k} [^|]*{re.escape(title)}", text), (
