@@ -657,6 +657,8 @@ print(
 # of the anchors' losses: equal losses would close it. DCL has an identity too: from
 # $L^{\text{DCL}}_a = L^{\text{InfoNCE}}_a + \log q_a$ (notebook 04), $q_a = 1/(1 + e^{-L^{\text{DCL}}_a})$,
 # a sigmoid; it is convex below 0 and concave above, so it gives no bound of this kind.
+# Notebook 07 takes the InfoNCE identity further, as its Eq. (7.6): $q_B$ read as the
+# $(1 - p_y)$ of supervised cross-entropy, against negatives drawn at random.
 #
 # ### Exercise 6.3 (open): change one setting and retrain
 #
