@@ -1,4 +1,4 @@
-"""Structure of the lessons (all but notebook 06, a training lab): the course conventions, checked on the saved notebooks.
+"""Structure of the lessons: the course conventions, checked on the saved notebooks.
 
 nbval runs the notebooks; these tests check what running cannot: the skeleton of each lesson,
 the equation numbering, the paper citations, and the three cells of every exercise.
@@ -20,6 +20,7 @@ NAMES = (
     "03_qb_batch_temperature",
     "04_dcl",
     "05_dclw",
+    "06_train_it_yourself",
     "07_geometry",
     "08_memory_queues",
     "09_spot_the_bug",
@@ -31,6 +32,7 @@ EQUATION_TAGS = {
     "03_qb_batch_temperature": ["3.1"],
     "04_dcl": ["4.1", "4.2", "4.3", "4.4"],
     "05_dclw": ["5.1", "5.2", "5.3", "5.4"],
+    "06_train_it_yourself": ["6.1", "6.2"],
     "07_geometry": [f"7.{m}" for m in range(1, 8)],
     "08_memory_queues": ["8.1", "8.2", "8.3", "8.4"],
     "09_spot_the_bug": [f"9.{m}" for m in range(1, 7)],
@@ -225,7 +227,7 @@ def test_start_here_maps_the_course_and_the_notation():
     assert r"\mathrm{pos}(a) = (a + N) \bmod 2N" in text, "the positive's index is pos(a)"
 
 
-@pytest.mark.parametrize("name", (*NAMES, "06_train_it_yourself"))
+@pytest.mark.parametrize("name", NAMES)
 def test_the_positive_is_pos_not_p(name):
     """p is kept for softmax weights: the positive's index is pos(a), in prose, code and output."""
     nb = _read(name)
