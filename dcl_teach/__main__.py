@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import io
 import json
 import os
 import sys
@@ -33,6 +34,7 @@ from typing import Any
 
 import torch
 
+from dcl_teach.atomic import atomic_output, atomic_write
 from dcl_teach.losses import LOSSES
 from dcl_teach.models import ARCHITECTURES, NORMS
 from dcl_teach.train import (
@@ -379,14 +381,15 @@ def _compare(config: TrainConfig, args: argparse.Namespace, sub) -> int:
         sub.error(str(e))
     rows = summarize(histories)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(
-        json.dumps({"base_config": dataclasses.asdict(config), "runs": rows}, indent=2)
-    )
-    with open(out / "summary.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    plot_comparison(histories).savefig(out / "compare.png", dpi=120)
+    summary = {"base_config": dataclasses.asdict(config), "runs": rows}
+    atomic_write(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(out / "summary.csv", table.getvalue())
+    with atomic_output(out / "compare.png") as png:
+        plot_comparison(histories).savefig(png, format="png", dpi=120)
     print(f"{'loss':>8} {'batch':>6} {'kNN acc':>8} {'q_B':>6}")
     for r in rows:
         acc = "-" if r["knn_acc"] is None else f"{100 * r['knn_acc']:.1f}%"

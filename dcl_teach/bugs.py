@@ -697,8 +697,11 @@ def grade_test(on_broken: Verdict, on_correct: Verdict) -> Verdict:
     for verdict in (on_broken, on_correct):
         if "wrong type" in verdict.message:  # the test returned something other than a bool
             got = verdict.message.split("wrong type: ")[-1]
-            result = Verdict(number, "wrong", f"Exercise {number}: not yet right: a test must "
-                             f"return True or False; {got}")  # fmt: skip
+            result = Verdict(
+                number,
+                "wrong",
+                f"Exercise {number}: not yet right: a test must return True or False; {got}",
+            )
             print(result.message)
             return result
     problems = []

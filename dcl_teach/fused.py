@@ -95,7 +95,7 @@ class ContrastiveFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, za, zc, rows, weights, tau, decoupled, block_size, scale, negatives=None):  # noqa: D102
+    def forward(ctx, za, zc, rows, weights, tau, decoupled, block_size, scale, negatives=None):
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         m, k = za.shape[0], zc.shape[0]
         inv_tau = 1.0 / tau
@@ -153,7 +153,7 @@ class ContrastiveFunction(torch.autograd.Function):
         return loss
 
     @staticmethod
-    def backward(ctx, grad_out):  # noqa: D102
+    def backward(ctx, grad_out):
         za, zc, rows, weights, grad_za, grad_zc, negatives = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: the gradient must be differentiable
             grad_za, grad_zc = dense_grads(
@@ -491,7 +491,7 @@ class SymmetricContrastiveFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, z, weights, tau, decoupled, block_size, scale):  # noqa: D102
+    def forward(ctx, z, weights, tau, decoupled, block_size, scale):
         k = z.shape[0]
         n = k // 2
         b = min(block_size, k)
@@ -512,7 +512,7 @@ class SymmetricContrastiveFunction(torch.autograd.Function):
         return loss
 
     @staticmethod
-    def backward(ctx, grad_out):  # noqa: D102
+    def backward(ctx, grad_out):
         z, weights, lse = ctx.saved_tensors
         tau, decoupled, b, scale = ctx.hyper
         k = z.shape[0]

@@ -193,8 +193,12 @@ def optimise_on_sphere(
     """
     if loss not in SPHERE_LOSSES:
         raise ValueError(f"loss must be one of {sorted(SPHERE_LOSSES)}, got {loss!r}")
-    for name, value, least in (("n", n, 2), ("steps", steps, 1), ("frames", frames, 2),
-                               ("dim", dim, 2)):  # fmt: skip
+    for name, value, least in (
+        ("n", n, 2),
+        ("steps", steps, 1),
+        ("frames", frames, 2),
+        ("dim", dim, 2),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
     tau, lr = check_positive("tau", tau), check_positive("lr", lr)
@@ -219,8 +223,14 @@ def optimise_on_sphere(
     finally:
         torch.set_num_threads(threads)
     frames_z = torch.stack(kept)  # (T, 2, N, D)
-    return SphereRun(frames_z[:, 0], frames_z[:, 1], torch.tensor(at),
-                     torch.tensor(curve, dtype=torch.float64), loss, tau)  # fmt: skip
+    return SphereRun(
+        frames_z[:, 0],
+        frames_z[:, 1],
+        torch.tensor(at),
+        torch.tensor(curve, dtype=torch.float64),
+        loss,
+        tau,
+    )
 
 
 def run_measures(run: SphereRun, *, t: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -241,10 +251,16 @@ def run_measures(run: SphereRun, *, t: float = 2.0) -> tuple[torch.Tensor, torch
 
 
 def _sphere_axes(ax, run: SphereRun, frame: int) -> None:
-    u, v = torch.meshgrid(torch.linspace(0, 2 * math.pi, 17), torch.linspace(0, math.pi, 9),
-                          indexing="ij")  # fmt: skip
-    ax.plot_wireframe((u.cos() * v.sin()).numpy(), (u.sin() * v.sin()).numpy(), v.cos().numpy(),
-                      color="0.85", lw=0.4)  # fmt: skip
+    u, v = torch.meshgrid(
+        torch.linspace(0, 2 * math.pi, 17), torch.linspace(0, math.pi, 9), indexing="ij"
+    )
+    ax.plot_wireframe(
+        (u.cos() * v.sin()).numpy(),
+        (u.sin() * v.sin()).numpy(),
+        v.cos().numpy(),
+        color="0.85",
+        lw=0.4,
+    )
     z1, z2 = run.z1[frame].numpy(), run.z2[frame].numpy()  # (N, 3) each
     from mpl_toolkits.mplot3d.art3d import Line3DCollection
 
@@ -252,8 +268,17 @@ def _sphere_axes(ax, run: SphereRun, frame: int) -> None:
     ax.add_collection3d(pairs)
     ax.scatter(*z1.T, color="tab:blue", s=18, depthshade=False, label="view 1")
     ax.scatter(*z2.T, color="tab:orange", s=18, depthshade=False, label="view 2")
-    ax.set(xlim=(-1, 1), ylim=(-1, 1), zlim=(-1, 1), xlabel="x", ylabel="y", zlabel="z",
-           xticks=[-1, 0, 1], yticks=[-1, 0, 1], zticks=[-1, 0, 1])  # fmt: skip
+    ax.set(
+        xlim=(-1, 1),
+        ylim=(-1, 1),
+        zlim=(-1, 1),
+        xlabel="x",
+        ylabel="y",
+        zlabel="z",
+        xticks=[-1, 0, 1],
+        yticks=[-1, 0, 1],
+        zticks=[-1, 0, 1],
+    )
     ax.set_box_aspect((1, 1, 1))
     name = SPHERE_LOSSES[run.name]
     ax.set_title(f"{name}, τ = {run.tau:.3g}, step {int(run.steps[frame])}")
@@ -298,8 +323,11 @@ def render_sphere(runs: Mapping[str, SphereRun], *, frame: int = -1) -> Figure:
         )
     first = next(iter(runs.values()))
     ax.axvline(int(first.steps[frame]), color="0.4", ls=":", lw=1)
-    ax.set(xlabel="gradient step", ylabel="alignment (α = 2) / uniformity (t = 2)",
-           title=f"N = {first.z1.shape[1]} pairs: lower is better for both")  # fmt: skip
+    ax.set(
+        xlabel="gradient step",
+        ylabel="alignment (α = 2) / uniformity (t = 2)",
+        title=f"N = {first.z1.shape[1]} pairs: lower is better for both",
+    )
     ax.legend(fontsize=8)
     return fig
 
@@ -341,13 +369,27 @@ def explore_sphere(*, steps: int = 300, seed: int = 0):
     style = {"description_width": "6em"}
     last = len(_frame_steps(steps, 31)) - 1  # index of the last frame (31 frames by default)
     controls = {
-        "tau": widgets.FloatLogSlider(value=0.1, base=10, min=-1.3, max=0, step=0.1,
-                                      description="tau", continuous_update=False, style=style),
-        "n": widgets.SelectionSlider(options=[2, 4, 6, 8, 16, 32, 64], value=8,
-                                     description="pairs N", continuous_update=False, style=style),
-        "frame": widgets.IntSlider(value=last, min=0, max=last, description="frame",
-                                   continuous_update=False, style=style),
-    }  # fmt: skip
+        "tau": widgets.FloatLogSlider(
+            value=0.1,
+            base=10,
+            min=-1.3,
+            max=0,
+            step=0.1,
+            description="tau",
+            continuous_update=False,
+            style=style,
+        ),
+        "n": widgets.SelectionSlider(
+            options=[2, 4, 6, 8, 16, 32, 64],
+            value=8,
+            description="pairs N",
+            continuous_update=False,
+            style=style,
+        ),
+        "frame": widgets.IntSlider(
+            value=last, min=0, max=last, description="frame", continuous_update=False, style=style
+        ),
+    }
 
     def redraw(tau: float, n: int, frame: int) -> bytes:
         runs = compare_on_sphere(n, tau=round(tau, 4), steps=steps, seed=seed)

@@ -262,12 +262,12 @@ class _UnitRows(torch.autograd.Function):
         return y / norm_y, norm_y  # (N, D), (N, 1)
 
     @staticmethod
-    def forward(ctx, z, peaks):  # noqa: D102
+    def forward(ctx, z, peaks):
         ctx.save_for_backward(z, peaks)
         return _UnitRows._unit(z, peaks)[0]
 
     @staticmethod
-    def backward(ctx, g):  # noqa: D102
+    def backward(ctx, g):
         z, peaks = ctx.saved_tensors
         u, norm_y = _UnitRows._unit(z, peaks)  # (N, D), (N, 1) recomputed: O(N D)
         radial = torch.linalg.vecdot(g, u)[:, None]  # (N, 1) g . u
@@ -464,10 +464,19 @@ def info_nce(
     Taught in notebook 01.
     """
     return _contrastive(
-        z1, z2, tau=tau, decoupled=False, sigma=None, normalize=normalize, reduction=reduction,
-        gather_distributed=gather_distributed, block_size=block_size, impl=impl, name="InfoNCE",
+        z1,
+        z2,
+        tau=tau,
+        decoupled=False,
+        sigma=None,
+        normalize=normalize,
+        reduction=reduction,
+        gather_distributed=gather_distributed,
+        block_size=block_size,
+        impl=impl,
+        name="InfoNCE",
         negatives=negatives,
-    )  # fmt: skip
+    )
 
 
 def dcl(
@@ -511,10 +520,19 @@ def dcl(
     Taught in notebook 04.
     """
     return _contrastive(
-        z1, z2, tau=tau, decoupled=True, sigma=None, normalize=normalize, reduction=reduction,
-        gather_distributed=gather_distributed, block_size=block_size, impl=impl, name="DCL",
+        z1,
+        z2,
+        tau=tau,
+        decoupled=True,
+        sigma=None,
+        normalize=normalize,
+        reduction=reduction,
+        gather_distributed=gather_distributed,
+        block_size=block_size,
+        impl=impl,
+        name="DCL",
         negatives=negatives,
-    )  # fmt: skip
+    )
 
 
 def dclw(
@@ -569,10 +587,19 @@ def dclw(
     Taught in notebook 05.
     """
     return _contrastive(
-        z1, z2, tau=tau, decoupled=True, sigma=sigma, normalize=normalize, reduction=reduction,
-        gather_distributed=gather_distributed, block_size=block_size, impl=impl, name="DCLW",
+        z1,
+        z2,
+        tau=tau,
+        decoupled=True,
+        sigma=sigma,
+        normalize=normalize,
+        reduction=reduction,
+        gather_distributed=gather_distributed,
+        block_size=block_size,
+        impl=impl,
+        name="DCLW",
         negatives=negatives,
-    )  # fmt: skip
+    )
 
 
 LOSSES: dict[str, Callable[..., torch.Tensor]] = {"infonce": info_nce, "dcl": dcl, "dclw": dclw}

@@ -120,7 +120,7 @@ class MemoryQueue(nn.Module):
         self.head.zero_()
         self.count.zero_()
 
-    def _load_from_state_dict(self, *args, **kwargs) -> None:  # noqa: D102
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
         super()._load_from_state_dict(*args, **kwargs)
         self._head, self._count = int(self.head), int(self.count)
 

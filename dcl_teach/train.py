@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -73,6 +73,7 @@ def train(
     *,
     resume: bool = True,
     callback: Callable[[dict[str, Any]], None] | None = None,
+    callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
 ) -> History:
     """Train an encoder contrastively and monitor it with weighted kNN, as ``config`` says.
 
@@ -88,6 +89,7 @@ def train(
         resume: continue from ``out_dir/checkpoint.pt`` if it exists (its config must match).
         callback: called after every step (and its checkpoint) with a dict holding
             ``epoch``, ``step_in_epoch``, ``global_step`` and ``loss``.
+        callbacks: more such functions, called in order after ``callback``.
 
     Returns:
         The :class:`History` (also written to ``out_dir`` on rank 0).
@@ -106,13 +108,14 @@ def train(
     """
     rank, world, local_rank, owns_group = setup_distributed(config)
     try:
-        return _train(config, resume, callback, rank=rank, world=world, local_rank=local_rank)
+        hooks = [*([callback] if callback is not None else []), *callbacks]
+        return _train(config, resume, hooks, rank=rank, world=world, local_rank=local_rank)
     finally:
         if owns_group:
             dist.destroy_process_group()
 
 
-def _train(config, resume, callback, *, rank, world, local_rank) -> History:
+def _train(config, resume, callbacks, *, rank, world, local_rank) -> History:
     ctx = setup_context(config, rank=rank, world=world, local_rank=local_rank)
     ckpt = ctx.checkpoint_path
     resumed_from = None
@@ -130,7 +133,7 @@ def _train(config, resume, callback, *, rank, world, local_rank) -> History:
         unit="step",
         dynamic_ncols=True,
     )
-    records = _train_epochs(ctx, run, step_model, bar, callback)
+    records = _train_epochs(ctx, run, step_model, bar, callbacks)
     bar.close()
     history = _history(config, records, ctx.device, world, run.call_start, run.elapsed)
     history.meta.update(
@@ -152,7 +155,7 @@ def _step_model(ctx: Context, model: torch.nn.Module) -> Callable[[torch.Tensor]
     return torch.compile(model) if ctx.config.compile else model
 
 
-def _train_epochs(ctx: Context, run: RunState, step_model, bar, callback) -> list[dict]:
+def _train_epochs(ctx: Context, run: RunState, step_model, bar, callbacks) -> list[dict]:
     """Train until the last epoch or ``max_steps``; return the records to report.
 
     A run stopped by ``max_steps`` in the middle of an epoch reports that epoch as a record
@@ -162,7 +165,7 @@ def _train_epochs(ctx: Context, run: RunState, step_model, bar, callback) -> lis
     stop = ctx.stop_at(run.global_step)
     run.model.train()
     while run.epoch < config.epochs and not stop:
-        info, loss, stop = _run_epoch(ctx, run, step_model, bar, callback)
+        info, loss, stop = _run_epoch(ctx, run, step_model, bar, callbacks)
         if run.step_in_epoch < ctx.steps_per_epoch:  # cut short by max_steps: report, not keep
             epoch_time = run.epoch_time()
             return [*run.records, _record(ctx, run, run.step_in_epoch, False, epoch_time, True)]
@@ -175,16 +178,23 @@ def _train_epochs(ctx: Context, run: RunState, step_model, bar, callback) -> lis
             _history(config, run.records, ctx.device, ctx.world, run.call_start, run.elapsed).save(
                 config.out_dir
             )
-        if callback is not None:
-            callback({**info, "loss": loss.item()})
+        _notify(callbacks, info, loss)
     return run.records
 
 
-def _run_epoch(ctx: Context, run: RunState, step_model, bar, callback):
+def _notify(callbacks, info: dict[str, Any], loss: torch.Tensor) -> None:
+    """Call every callback with the step's position and its loss (one host sync, if any)."""
+    if callbacks:
+        event = {**info, "loss": loss.item()}
+        for callback in callbacks:
+            callback(event)
+
+
+def _run_epoch(ctx: Context, run: RunState, step_model, bar, callbacks):
     """Take the steps left in the current epoch (fewer if ``max_steps`` is reached).
 
     Checkpoints every ``checkpoint_every`` steps and when ``max_steps`` stops the run, then
-    calls ``callback``; the epoch's last step leaves both to :func:`_train_epochs`.
+    calls the ``callbacks``; the epoch's last step leaves both to :func:`_train_epochs`.
 
     Returns:
         ``(info, loss, stop)``: the last step's position, its loss tensor, whether to stop.
@@ -210,8 +220,7 @@ def _run_epoch(ctx: Context, run: RunState, step_model, bar, callback):
             every = config.checkpoint_every
             if stop or (every and run.global_step % every == 0):
                 _checkpoint(ctx, run)
-            if callback is not None:
-                callback({**info, "loss": loss.item()})
+            _notify(callbacks, info, loss)
         if stop:
             break
     return info, loss, stop

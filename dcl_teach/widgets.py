@@ -209,8 +209,9 @@ def render_grad_comparison(
     right.set_title(f"N = {batch_size}: one point per anchor, mean $q_B$ = {st.mean_q:.3f}")
     fig.suptitle(
         r"magnitude of anchor $a$: $\|\partial L_a/\partial z_a\|$, tangential part "
-        r"(projected onto the sphere at $z_a$) unless marked", fontsize=10
-    )  # fmt: skip
+        r"(projected onto the sphere at $z_a$) unless marked",
+        fontsize=10,
+    )
     right.legend(loc="upper left")
     return fig
 
@@ -301,18 +302,28 @@ def _tau_slider(value: float = 0.1):
     import ipywidgets as widgets
 
     return widgets.FloatLogSlider(
-        value=value, base=10, min=-2, max=0, step=0.05, description="tau",
-        continuous_update=False, readout_format=".3f", style=STYLE,
-    )  # fmt: skip
+        value=value,
+        base=10,
+        min=-2,
+        max=0,
+        step=0.05,
+        description="tau",
+        continuous_update=False,
+        readout_format=".3f",
+        style=STYLE,
+    )
 
 
 def _batch_slider(value: int = 32):
     import ipywidgets as widgets
 
     return widgets.SelectionSlider(
-        options=list(BATCH_SIZES), value=value, description="batch size",
-        continuous_update=False, style=STYLE,
-    )  # fmt: skip
+        options=list(BATCH_SIZES),
+        value=value,
+        description="batch size",
+        continuous_update=False,
+        style=STYLE,
+    )
 
 
 def _geometry_sliders(pos_sim: float, neg_sim: float) -> dict:
@@ -321,14 +332,24 @@ def _geometry_sliders(pos_sim: float, neg_sim: float) -> dict:
     style = STYLE
     return {
         "pos_sim": widgets.FloatSlider(
-            value=pos_sim, min=0.0, max=1.0, step=0.05, description="positive similarity",
-            continuous_update=False, style=style,
+            value=pos_sim,
+            min=0.0,
+            max=1.0,
+            step=0.05,
+            description="positive similarity",
+            continuous_update=False,
+            style=style,
         ),
         "neg_sim": widgets.FloatSlider(
-            value=neg_sim, min=0.0, max=0.5, step=0.05, description="negative similarity",
-            continuous_update=False, style=style,
+            value=neg_sim,
+            min=0.0,
+            max=0.5,
+            step=0.05,
+            description="negative similarity",
+            continuous_update=False,
+            style=style,
         ),
-    }  # fmt: skip
+    }
 
 
 def explore_qb(
@@ -356,9 +377,11 @@ def explore_qb(
     controls.update(_geometry_sliders(0.5, 0.1))
     if embeddings is not None:
         controls["geometry"] = widgets.Dropdown(
-            options=["synthetic", "trained encoder"], value="synthetic", description="geometry",
+            options=["synthetic", "trained encoder"],
+            value="synthetic",
+            description="geometry",
             style=STYLE,
-        )  # fmt: skip
+        )
 
     def render(*, geometry: str = "synthetic", **values):
         source = embeddings if geometry == "trained encoder" else "synthetic"
@@ -385,7 +408,14 @@ def explore_vmf_weights(cosines: torch.Tensor | None = None):
     import ipywidgets as widgets
 
     sigma = widgets.FloatLogSlider(
-        value=0.5, base=10, min=-1.5, max=0.5, step=0.05, description="sigma",
-        continuous_update=False, readout_format=".3f", style=STYLE,
-    )  # fmt: skip
+        value=0.5,
+        base=10,
+        min=-1.5,
+        max=0.5,
+        step=0.05,
+        description="sigma",
+        continuous_update=False,
+        readout_format=".3f",
+        style=STYLE,
+    )
     return _explorer(render_vmf_weights, {"sigma": sigma}, {"cosines": cosines})

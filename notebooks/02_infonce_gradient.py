@@ -356,10 +356,17 @@ colors = {"anchor": "tab:red", "positive": "tab:green", "negative": "tab:blue"}
 for j, (point, arrow) in enumerate(zip(circle, step)):
     ax.scatter(*point, s=80, color=colors[roles_2d[j]], zorder=3)
     ax.annotate(f"{j}", point * 1.13, ha="center", va="center")
-    ax.arrow(*point, *(0.5 * arrow), width=0.012, color=colors[roles_2d[j]], alpha=0.25,
-             length_includes_head=True)  # fmt: skip
-    ax.arrow(*point, *(0.5 * along[j]), width=0.012, color=colors[roles_2d[j]],
-             length_includes_head=True)  # fmt: skip
+    ax.arrow(
+        *point,
+        *(0.5 * arrow),
+        width=0.012,
+        color=colors[roles_2d[j]],
+        alpha=0.25,
+        length_includes_head=True,
+    )
+    ax.arrow(
+        *point, *(0.5 * along[j]), width=0.012, color=colors[roles_2d[j]], length_includes_head=True
+    )
 for role, color in colors.items():
     ax.scatter([], [], color=color, label=role)
 ax.plot([], [], color="0.4", alpha=0.3, lw=3, label="before projection")

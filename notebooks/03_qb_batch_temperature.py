@@ -250,8 +250,16 @@ for row, tau in zip(axes, (0.1, 0.5)):
         )
         ax.hist(st.q.numpy(), bins=torch.linspace(0, 1, 41).tolist())
         ax.axvline(st.mean_q, color="black", ls="--", lw=1, label=r"mean $q_B$")
-        ax.plot(qb_mean_field(batch, 0.5, 0.1, tau), 0, "v", color="tab:red", ms=9,
-                clip_on=False, zorder=4, label="prediction (3.1)")  # fmt: skip
+        ax.plot(
+            qb_mean_field(batch, 0.5, 0.1, tau),
+            0,
+            "v",
+            color="tab:red",
+            ms=9,
+            clip_on=False,
+            zorder=4,
+            label="prediction (3.1)",
+        )
         ax.set_title(rf"$\tau = {tau}$, N = {batch}", fontsize=10)
 for ax in axes[:, 0]:
     ax.set_ylabel("anchors")
@@ -391,8 +399,16 @@ fig, axes = plt.subplots(1, 4, figsize=(10, 3.2), sharex=True, layout="constrain
 for ax, (batch, st) in zip(axes, stats.items()):
     ax.hist(st.q.numpy(), bins=torch.linspace(0, 1, 41).tolist(), color="tab:green")
     ax.axvline(st.mean_q, color="black", ls="--", lw=1, label=r"mean $q_B$")
-    ax.plot(qb_mean_field(batch, c_pos, c_neg, 0.1), 0, "v", color="tab:red", ms=9,
-            clip_on=False, zorder=4, label="(3.1) at the mean cosines")  # fmt: skip
+    ax.plot(
+        qb_mean_field(batch, c_pos, c_neg, 0.1),
+        0,
+        "v",
+        color="tab:red",
+        ms=9,
+        clip_on=False,
+        zorder=4,
+        label="(3.1) at the mean cosines",
+    )
     ax.set(title=f"N = {batch}", xlabel=r"$q_B$")
 axes[0].set_ylabel("anchors")
 handles, legend_labels = axes[0].get_legend_handles_labels()

@@ -91,9 +91,14 @@ else:
     BASE = TrainConfig.preset("colab", seed=SEED)
     LIVE_BATCH = 128
     SWEEP = sweep.SweepConfig(
-        base=BASE, batch_sizes=(128, 256, 512), seeds=(SEED,), arms=("infonce", "dcl"),
-        few_labels=10, few_draws=5, few_k=20,
-    )  # fmt: skip
+        base=BASE,
+        batch_sizes=(128, 256, 512),
+        seeds=(SEED,),
+        arms=("infonce", "dcl"),
+        few_labels=10,
+        few_draws=5,
+        few_k=20,
+    )
     SWEEP_DIR = "runs/colab-sweep"  # checkpoints every epoch: re-run after a disconnect
 NAMES = {"infonce": "InfoNCE (SimCLR)", "dcl": "DCL", "dclw": "DCLW"}
 print(f"dcl_teach {dcl_teach.__version__}, torch {torch.__version__}, {MODE} mode on {device}")
@@ -106,8 +111,18 @@ print(f"dcl_teach {dcl_teach.__version__}, torch {torch.__version__}, {MODE} mod
 # that matter here:
 
 # %% tags=["nbval-check-output"]
-for name in ("dataset", "loss", "tau", "sigma", "batch_size", "epochs", "lr", "warmup_epochs",
-             "knn_k", "knn_t"):  # fmt: skip
+for name in (
+    "dataset",
+    "loss",
+    "tau",
+    "sigma",
+    "batch_size",
+    "epochs",
+    "lr",
+    "warmup_epochs",
+    "knn_k",
+    "knn_t",
+):
     print(f"{name:>14} = {getattr(BASE, name)}")
 
 # %% [markdown]
@@ -153,8 +168,11 @@ def to_image(x: torch.Tensor) -> torch.Tensor:
 fig, axes = plt.subplots(3, 6, figsize=(6.5, 3.4))
 for j in range(6):
     original = sample[j].float().cpu() / 255  # (C, H, W)
-    images = (original[0] if original.shape[0] == 1 else original.permute(1, 2, 0),
-              to_image(v1[j]), to_image(v2[j]))  # fmt: skip
+    images = (
+        original[0] if original.shape[0] == 1 else original.permute(1, 2, 0),
+        to_image(v1[j]),
+        to_image(v2[j]),
+    )
     for row, img in enumerate(images):
         axes[row, j].imshow(img, cmap="gray", vmin=0, vmax=1)
         axes[row, j].set_xticks([])
@@ -246,8 +264,10 @@ print(
 print(f"{'':<19} {'few-label kNN':>14} {'few-label probe':>16} {'kNN, all labels':>16}")
 for key in ("raw_pixels", "untrained_encoder"):
     b = base[key]
-    print(f"{key.replace('_', ' '):<19} {100 * b['knn_few']:12.1f} % {100 * b['probe_few']:14.1f} % "
-          f"{100 * b['knn_all']:14.1f} %")  # fmt: skip
+    print(
+        f"{key.replace('_', ' '):<19} {100 * b['knn_few']:12.1f} % {100 * b['probe_few']:14.1f} % "
+        f"{100 * b['knn_all']:14.1f} %"
+    )
 # Raw pixels beat an untrained CNN: its random filters lose some of the pixel layout.
 assert base["raw_pixels"]["knn_few"] > base["untrained_encoder"]["knn_few"]
 
@@ -276,10 +296,18 @@ fig, (ax_acc, ax_q) = plt.subplots(1, 2, figsize=(10, 3.2), layout="constrained"
 for loss, h in live.items():
     ax_acc.plot(h.column("epoch"), [100 * a for a in h.column("knn_acc")], label=NAMES[loss])
     ax_q.plot(h.column("epoch"), h.column("q_b"), label=NAMES[loss])
-ax_acc.set(xlabel="epoch", ylabel="kNN accuracy, all labels (%)", ylim=(50, 100),
-           title="kNN accuracy per epoch")  # fmt: skip
-ax_q.set(xlabel="epoch", ylabel="mean $q_B$ of the batches", ylim=(0, 1),
-         title=f"coupling factor $q_B$ at N = {LIVE_BATCH}")  # fmt: skip
+ax_acc.set(
+    xlabel="epoch",
+    ylabel="kNN accuracy, all labels (%)",
+    ylim=(50, 100),
+    title="kNN accuracy per epoch",
+)
+ax_q.set(
+    xlabel="epoch",
+    ylabel="mean $q_B$ of the batches",
+    ylim=(0, 1),
+    title=f"coupling factor $q_B$ at N = {LIVE_BATCH}",
+)
 for ax in (ax_acc, ax_q):
     ax.grid(alpha=0.3)
     ax.legend()
@@ -290,9 +318,11 @@ plt.show()
 
 # %% tags=["nbval-ignore-output"]
 for loss, s in scores.items():
-    print(f"{NAMES[loss]:<17} few-label kNN {100 * s['knn_few']:.1f} %, probe "
-          f"{100 * s['probe_few']:.1f} %, kNN with all labels {100 * s['knn_all']:.1f} %, "
-          f"final q_B {live[loss].records[-1]['q_b']:.2f}")  # fmt: skip
+    print(
+        f"{NAMES[loss]:<17} few-label kNN {100 * s['knn_few']:.1f} %, probe "
+        f"{100 * s['probe_few']:.1f} %, kNN with all labels {100 * s['knn_all']:.1f} %, "
+        f"final q_B {live[loss].records[-1]['q_b']:.2f}"
+    )
 gap = 100 * (scores["dcl"]["knn_few"] - scores["infonce"]["knn_few"])
 print(f"this seed: DCL - InfoNCE = {gap:+.1f} points of few-label kNN")
 # What the text below relies on, checked on this run: both learned, and q_B fell far below 1.
@@ -355,9 +385,11 @@ if QUICK:  # read the committed sweep (downloaded when there is no clone, e.g. o
 else:  # train the CIFAR-10 sweep; finished runs are skipped, interrupted ones resume
     results = sweep.run_sweep(SWEEP, SWEEP_DIR)
 prov = results["provenance"]
-print(f"{len(results['runs'])} runs, {prov['runs_wall_time_s'] / 60:.0f} min of training on "
-      f"{prov['cpu']} ({prov['threads']} thread per run), dcl_teach {prov['dcl_teach_version']}, "
-      f"torch {prov['torch_version']}")  # fmt: skip
+print(
+    f"{len(results['runs'])} runs, {prov['runs_wall_time_s'] / 60:.0f} min of training on "
+    f"{prov['cpu']} ({prov['threads']} thread per run), dcl_teach {prov['dcl_teach_version']}, "
+    f"torch {prov['torch_version']}"
+)
 
 # %% tags=["nbval-check-output"]
 print(sweep.format_summary(results, "knn_few"))
@@ -412,25 +444,40 @@ sizes = sorted({b for (_, _, b) in gaps})
 
 def where(arm: str, ref: str, sign: int) -> list[int]:
     """Batch sizes at which arm - ref is decided with this sign."""
-    return [b for b in sizes if (arm, ref, b) in gaps and gaps[arm, ref, b]["decided"]
-            and sign * gaps[arm, ref, b]["mean"] > 0]  # fmt: skip
+    return [
+        b
+        for b in sizes
+        if (arm, ref, b) in gaps
+        and gaps[arm, ref, b]["decided"]
+        and sign * gaps[arm, ref, b]["mean"] > 0
+    ]
 
 
 def undecided(arm: str, ref: str) -> list[int]:
     return [b for b in sizes if (arm, ref, b) in gaps and not gaps[arm, ref, b]["decided"]]
 
 
-print(f"DCL beats InfoNCE (decided) at N = {where('dcl', 'infonce', +1)}; InfoNCE beats DCL at "
-      f"N = {where('dcl', 'infonce', -1)}; not decided at N = {undecided('dcl', 'infonce')}.")  # fmt: skip
-print(f"DCL beats InfoNCE with lr / q_B (decided) at N = {where('dcl', 'infonce_lrq', +1)}; "
-      f"not decided at N = {undecided('dcl', 'infonce_lrq')}.")  # fmt: skip
-print(f"Dividing InfoNCE's learning rate by q_B helps (decided) at N = "
-      f"{where('infonce_lrq', 'infonce', +1)}, hurts at N = {where('infonce_lrq', 'infonce', -1)}.")  # fmt: skip
-print(f"DCLW beats InfoNCE (decided) at N = {where('dclw', 'infonce', +1)}; "
-      f"not decided at N = {undecided('dclw', 'infonce')}.")  # fmt: skip
-print(f"With the steps matched to N = {SWEEP.match_steps_of}: DCL beats InfoNCE (decided) at "
-      f"N = {where('dcl_steps', 'infonce_steps', +1)}, not decided at "
-      f"N = {undecided('dcl_steps', 'infonce_steps')}.")  # fmt: skip
+print(
+    f"DCL beats InfoNCE (decided) at N = {where('dcl', 'infonce', +1)}; InfoNCE beats DCL at "
+    f"N = {where('dcl', 'infonce', -1)}; not decided at N = {undecided('dcl', 'infonce')}."
+)
+print(
+    f"DCL beats InfoNCE with lr / q_B (decided) at N = {where('dcl', 'infonce_lrq', +1)}; "
+    f"not decided at N = {undecided('dcl', 'infonce_lrq')}."
+)
+print(
+    f"Dividing InfoNCE's learning rate by q_B helps (decided) at N = "
+    f"{where('infonce_lrq', 'infonce', +1)}, hurts at N = {where('infonce_lrq', 'infonce', -1)}."
+)
+print(
+    f"DCLW beats InfoNCE (decided) at N = {where('dclw', 'infonce', +1)}; "
+    f"not decided at N = {undecided('dclw', 'infonce')}."
+)
+print(
+    f"With the steps matched to N = {SWEEP.match_steps_of}: DCL beats InfoNCE (decided) at "
+    f"N = {where('dcl_steps', 'infonce_steps', +1)}, not decided at "
+    f"N = {undecided('dcl_steps', 'infonce_steps')}."
+)
 
 # %% [markdown]
 # How to read this, whatever the numbers above say:
@@ -570,9 +617,12 @@ verdict = check(
 vote_fn = (
     knn_vote
     if verdict.ok
-    else (lambda bank, labels, query, k, t, num_classes: knn_predict(
-        bank, labels, query[None], num_classes=num_classes, k=k, t=t)[0])
-)  # fmt: skip
+    else (
+        lambda bank, labels, query, k, t, num_classes: knn_predict(
+            bank, labels, query[None], num_classes=num_classes, k=k, t=t
+        )[0]
+    )
+)
 
 
 # %% exercise="6.1" jupyter={"source_hidden": true} tags=["solution"]
@@ -621,9 +671,12 @@ def q_from_loss(losses: torch.Tensor) -> torch.Tensor:
 g = torch.Generator().manual_seed(2)
 ex_z1, ex_z2 = torch.randn(16, 8, generator=g), torch.randn(16, 8, generator=g)  # (N, D)
 verdict = check(
-    "6.2", q_from_loss, info_nce(ex_z1, ex_z2, tau=0.1, reduction="none"),
-    expected=coupling(ex_z1, ex_z2, tau=0.1), atol=1e-5,
-)  # fmt: skip
+    "6.2",
+    q_from_loss,
+    info_nce(ex_z1, ex_z2, tau=0.1, reduction="none"),
+    expected=coupling(ex_z1, ex_z2, tau=0.1),
+    atol=1e-5,
+)
 q_fn = q_from_loss if verdict.ok else (lambda losses: -torch.expm1(-losses))
 
 
@@ -670,8 +723,9 @@ print(
 # decide it? There is no self-check for this one; compare with a neighbour.
 
 # %%
-variant = dataclasses.replace(SWEEP, base=dataclasses.replace(BASE, tau=0.2),
-                              batch_sizes=(16,), arms=("infonce", "dcl"))  # fmt: skip
+variant = dataclasses.replace(
+    SWEEP, base=dataclasses.replace(BASE, tau=0.2), batch_sizes=(16,), arms=("infonce", "dcl")
+)
 print(f"prepared a sweep at tau = {variant.base.tau}: sweep.run_sweep(variant, 'runs/tau0.2')")
 
 

@@ -179,8 +179,11 @@ for width in widths:
 fig, ax = plt.subplots(figsize=(5.5, 3.2))
 ax.plot(widths / math.pi, arc_unif, label="8 points on an arc")
 ax.axhline(expected["octahedron"], color="0.5", ls=":", label="6-point octahedron on $S^2$")
-ax.set(xlabel=r"width of the arc ($\times \pi$)", ylabel="uniformity (t = 2)",
-       title="spreading points lowers uniformity")  # fmt: skip
+ax.set(
+    xlabel=r"width of the arc ($\times \pi$)",
+    ylabel="uniformity (t = 2)",
+    title="spreading points lowers uniformity",
+)
 ax.legend()
 plt.show()
 
@@ -467,8 +470,10 @@ for t_u, tau_u, run in ((1.0, 0.2, four), (3.0, 0.5, four_hot)):
     unif_f = uniformity(run.z1[-1], t=t_u).item()
     loss_f = dcl(run.z1[-1], run.z2[-1], tau=tau_u).item()
     assert abs(unif_p - unif_f) < 1e-4 and abs(loss_p - loss_f) < 1e-4
-    print(f"t = {t_u}, tau = {tau_u}: uniformity {unif_p:.4f} predicted, {unif_f:.4f} found; "
-          f"DCL {loss_p:.4f} predicted, {loss_f:.4f} found")  # fmt: skip
+    print(
+        f"t = {t_u}, tau = {tau_u}: uniformity {unif_p:.4f} predicted, {unif_f:.4f} found; "
+        f"DCL {loss_p:.4f} predicted, {loss_f:.4f} found"
+    )
 
 # %% [markdown]
 # Now explore. Move **tau** and **pairs N**, and step through the run with **frame**. At which
@@ -494,8 +499,17 @@ start = time.perf_counter()
 measured = {}  # (loss, seed) -> (alignment, uniformity)
 for loss in ("infonce", "dcl"):
     for seed in SEEDS:
-        config = TrainConfig(dataset="digits", loss=loss, tau=0.1, batch_size=128, epochs=EPOCHS,
-                             eval_every=EPOCHS, seed=seed, device="cpu", progress=False)  # fmt: skip
+        config = TrainConfig(
+            dataset="digits",
+            loss=loss,
+            tau=0.1,
+            batch_size=128,
+            epochs=EPOCHS,
+            eval_every=EPOCHS,
+            seed=seed,
+            device="cpu",
+            progress=False,
+        )
         emb = trained_embeddings(config)
         unif = (uniformity(emb.z1) + uniformity(emb.z2)).item() / 2
         measured[loss, seed] = (alignment(emb.z1, emb.z2).item(), unif)
@@ -598,8 +612,10 @@ print("DCL vs InfoNCE: " + verdict_on("uniformity", "more uniform", u_d - u_i, s
 # %% tags=["nbval-check-output"]
 q_from_loss = 1 - torch.exp(-per_info)  # (2N,)
 assert torch.allclose(q_from_loss, coupling(z1, z2, tau=0.2), atol=1e-12)
-print(f"1 - exp(-L_a) = q_B on all {q_from_loss.numel()} anchors; q_B ranges "
-      f"{q_from_loss.min():.3f} .. {q_from_loss.max():.3f}")  # fmt: skip
+print(
+    f"1 - exp(-L_a) = q_B on all {q_from_loss.numel()} anchors; q_B ranges "
+    f"{q_from_loss.min():.3f} .. {q_from_loss.max():.3f}"
+)
 
 # %% [markdown]
 # The same $(1 - p)$ appears in supervised learning. For cross-entropy over classes with logits
@@ -652,8 +668,11 @@ fig, ax = plt.subplots(figsize=(6, 3.2))
 bins = torch.linspace(0, 1, 41).tolist()
 ax.hist(q_without.numpy(), bins=bins, alpha=0.7, density=True, label="no same-class negative")
 ax.hist(q_with.numpy(), bins=bins, alpha=0.7, density=True, label="a same-class negative")
-ax.set(xlabel=r"$q_B$ of the anchor", ylabel="density",
-       title="InfoNCE encoder, batches of N = 8, τ = 0.1")  # fmt: skip
+ax.set(
+    xlabel=r"$q_B$ of the anchor",
+    ylabel="density",
+    title="InfoNCE encoder, batches of N = 8, τ = 0.1",
+)
 ax.legend()
 plt.show()
 
@@ -729,13 +748,22 @@ assert estimates[2][1] > math.log(3)  # the DCL quantity is not held under the I
 # %%
 fig, ax = plt.subplots(figsize=(6, 3.6))
 ax.plot(batch_sizes, [math.log(2 * n - 1) for n in batch_sizes], "k:", label=r"cap $\log(2N-1)$")
-ax.plot(batch_sizes, [estimates[n][0] for n in batch_sizes], "o-", color="tab:red",
-        label=r"$\log(2N-1) - L^{\rm InfoNCE}$ (7.7)")  # fmt: skip
-ax.plot(batch_sizes, [estimates[n][1] for n in batch_sizes], "s--", color="tab:green",
-        label=r"$\log(2N-2) - L^{\rm DCL}$ (no bound)")  # fmt: skip
+ax.plot(
+    batch_sizes,
+    [estimates[n][0] for n in batch_sizes],
+    "o-",
+    color="tab:red",
+    label=r"$\log(2N-1) - L^{\rm InfoNCE}$ (7.7)",
+)
+ax.plot(
+    batch_sizes,
+    [estimates[n][1] for n in batch_sizes],
+    "s--",
+    color="tab:green",
+    label=r"$\log(2N-2) - L^{\rm DCL}$ (no bound)",
+)
 ax.set_xscale("log", base=2)
-ax.set(xlabel="pairs per batch N", ylabel="nats",
-       title="InfoNCE encoder on the digits, τ = 0.1")  # fmt: skip
+ax.set(xlabel="pairs per batch N", ylabel="nats", title="InfoNCE encoder on the digits, τ = 0.1")
 ax.legend(fontsize=8)
 plt.show()
 

@@ -241,9 +241,15 @@ def coupling_fast(
 
 # %% exercise="8.1" tags=["check"]
 verdict = check(
-    "8.1", coupling_fast, z1, z2, queue, tau=0.2,
-    expected=coupling_loop(z1, z2, queue, tau=0.2), atol=1e-10,
-)  # fmt: skip
+    "8.1",
+    coupling_fast,
+    z1,
+    z2,
+    queue,
+    tau=0.2,
+    expected=coupling_loop(z1, z2, queue, tau=0.2),
+    atol=1e-10,
+)
 coupling_fn = (
     coupling_fast
     if verdict.ok
@@ -324,9 +330,11 @@ for tau, color in zip(TAUS, ("C3", "C0", "C2", "C1")):
 ax.axvline(65536, color="0.5", ls=":", label="K = 65,536 (MoCo)")
 ax.set_xscale("log", base=2)
 ax.set(
-    xlabel="queue size K", ylabel="mean q_B", ylim=(0, 1.02),
+    xlabel="queue size K",
+    ylabel="mean q_B",
+    ylim=(0, 1.02),
     title=f"q_B against K: N = {N_PAIRS} pairs, positives at cosine {COS_POS}, lines (8.4)",
-)  # fmt: skip
+)
 ax.legend(fontsize=8, loc="upper left")
 plt.show()
 
@@ -557,9 +565,13 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
 
 
 pixels = knn_accuracy(
-    pixel_features(train_set.images, name="digits"), train_set.labels,
-    pixel_features(test_set.images, name="digits"), test_set.labels, num_classes=10, k=200,
-)  # fmt: skip
+    pixel_features(train_set.images, name="digits"),
+    train_set.labels,
+    pixel_features(test_set.images, name="digits"),
+    test_set.labels,
+    num_classes=10,
+    k=200,
+)
 torch.manual_seed(0)
 untrained = knn(build_model("digits").to(device).eval())
 summary = {}
@@ -584,8 +596,15 @@ for x, runs in zip(xs, results.values()):
     ax1.plot([x] * len(runs), [a for a, _ in runs], "o", color="0.6", ms=4)
     ax2.plot([x] * len(runs), [q for _, q in runs], "o", color="0.6", ms=4)
 for ax, col, what in ((ax1, 0, "kNN accuracy"), (ax2, 2, "mean q_B during training")):
-    ax.errorbar(xs, [v[col] for v in summary.values()], yerr=[v[col + 1] for v in summary.values()],
-                fmt="s", color="C0", capsize=5, label="mean ± sd over 3 seeds")  # fmt: skip
+    ax.errorbar(
+        xs,
+        [v[col] for v in summary.values()],
+        yerr=[v[col + 1] for v in summary.values()],
+        fmt="s",
+        color="C0",
+        capsize=5,
+        label="mean ± sd over 3 seeds",
+    )
     ax.set_xticks(list(xs), labels)
     ax.set(ylabel=what, title=f"{what}, digits, N = {BATCH}, τ = {TAU}")
 ax1.axhline(pixels, color="C2", ls="--", label="raw pixels")

@@ -313,8 +313,10 @@ z1, z2 = unit_batch(6, 8, seed=1)
 hard = soft_masked_dcl(z1, z2, tau=0.1)  # log(1e-45): the reference implementation's mask
 exact = dcl(z1, z2, tau=0.1)
 assert torch.isclose(hard, exact, rtol=1e-12) and not torch.isclose(dcl_eps_mask(z1, z2), exact)
-print(f"mask log(1e-45): {hard.item():.6f}   DCL: {exact.item():.6f}   mask eps: "
-      f"{dcl_eps_mask(z1, z2, tau=0.1).item():.6f}")  # fmt: skip
+print(
+    f"mask log(1e-45): {hard.item():.6f}   DCL: {exact.item():.6f}   mask eps: "
+    f"{dcl_eps_mask(z1, z2, tau=0.1).item():.6f}"
+)
 
 # %%
 g = torch.Generator().manual_seed(2)
@@ -325,8 +327,10 @@ for _ in range(200):
     lowest_eps = min(lowest_eps, dcl_eps_mask(r1, r2, tau=0.1).item())
     below_zero += int(dcl(r1, r2, tau=0.1).item() < 0)
 assert lowest_eps > 0 and below_zero > 0
-print(f"200 batches with close positives: DCL < 0 in {below_zero}; the eps-mask loss never "
-      f"(lowest {lowest_eps:.3f})")  # fmt: skip
+print(
+    f"200 batches with close positives: DCL < 0 in {below_zero}; the eps-mask loss never "
+    f"(lowest {lowest_eps:.3f})"
+)
 
 # %% [markdown]
 # The figure follows the batch of identical positives and orthogonal negatives over the

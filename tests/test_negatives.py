@@ -227,16 +227,42 @@ def test_modules_pass_negatives_through():
     "negatives,exc,match",
     [
         ([[1.0, 2.0, 3.0]], TypeError, r"negatives must be a torch.Tensor of shape \(K, D\)"),
-        (torch.ones(3, dtype=torch.float64), ValueError, r"negatives must be 2-D \(K, D\), got shape \(3,\)"),
-        (torch.ones(2, 3, 4, dtype=torch.float64), ValueError, r"2-D \(K, D\), got shape \(2, 3, 4\)"),
-        (torch.ones(2, 5, dtype=torch.float64), ValueError, r"D=3 columns like z1 and z2, got shape \(2, 5\)"),
+        (
+            torch.ones(3, dtype=torch.float64),
+            ValueError,
+            r"negatives must be 2-D \(K, D\), got shape \(3,\)",
+        ),
+        (
+            torch.ones(2, 3, 4, dtype=torch.float64),
+            ValueError,
+            r"2-D \(K, D\), got shape \(2, 3, 4\)",
+        ),
+        (
+            torch.ones(2, 5, dtype=torch.float64),
+            ValueError,
+            r"D=3 columns like z1 and z2, got shape \(2, 5\)",
+        ),
         (torch.ones(2, 3), TypeError, r"dtype of z1 and z2, torch.float64, got torch.float32"),
         (torch.ones(2, 3, dtype=torch.int64), TypeError, r"got torch.int64"),
-        (torch.ones(2, 3, dtype=torch.float64, device="meta"), ValueError, r"device of z1 and z2, cpu, got meta"),
-        (torch.tensor([[1.0, 0, 0], [float("nan"), 0, 0], [0, float("inf"), 1]], dtype=torch.float64), ValueError, r"non-finite rows \[1, 2\]"),
-        (torch.tensor([[1.0, 0, 0], [0, 0, 0]], dtype=torch.float64), ValueError, r"all-zero rows \[1\]"),
+        (
+            torch.ones(2, 3, dtype=torch.float64, device="meta"),
+            ValueError,
+            r"device of z1 and z2, cpu, got meta",
+        ),
+        (
+            torch.tensor(
+                [[1.0, 0, 0], [float("nan"), 0, 0], [0, float("inf"), 1]], dtype=torch.float64
+            ),
+            ValueError,
+            r"non-finite rows \[1, 2\]",
+        ),
+        (
+            torch.tensor([[1.0, 0, 0], [0, 0, 0]], dtype=torch.float64),
+            ValueError,
+            r"all-zero rows \[1\]",
+        ),
     ],
-)  # fmt: skip
+)
 @pytest.mark.parametrize("kind", KINDS)
 def test_bad_negatives_are_reported_clearly(negatives, exc, match, kind):
     z1, z2 = views(4, 3)

@@ -126,11 +126,19 @@ def test_feeds_the_loss():
         (lambda: MemoryQueue(4, 3, dtype=torch.int64), TypeError, r"floating torch.dtype"),
         (lambda: MemoryQueue(4, 3).enqueue(torch.ones(2, 5)), ValueError, r"\(B, 3\).*\(2, 5\)"),
         (lambda: MemoryQueue(4, 3).enqueue(torch.ones(3)), ValueError, r"got shape \(3,\)"),
-        (lambda: MemoryQueue(4, 3).enqueue(torch.ones(2, 3, dtype=torch.int64)), TypeError, r"int64"),
+        (
+            lambda: MemoryQueue(4, 3).enqueue(torch.ones(2, 3, dtype=torch.int64)),
+            TypeError,
+            r"int64",
+        ),
         (lambda: MemoryQueue(4, 3).enqueue([[1.0, 2.0, 3.0]]), TypeError, r"got list"),
-        (lambda: MemoryQueue(4, 3).enqueue(torch.ones(2, 3, device="meta")), ValueError, r"device cpu, got meta"),
+        (
+            lambda: MemoryQueue(4, 3).enqueue(torch.ones(2, 3, device="meta")),
+            ValueError,
+            r"device cpu, got meta",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_input_is_reported_clearly(call, exc, match):
     with pytest.raises(exc, match=match):
         call()

@@ -380,3 +380,14 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     three = train(dataclasses.replace(DDP_CONFIG, max_steps=3)).model.state_dict()
     step = max((three[k] - v).abs().max().item() for k, v in single.model.state_dict().items())
     assert step > 100 * 1e-5
+
+
+def test_callbacks_are_called_after_every_step_in_order():
+    seen = []
+    cfg = dataclasses.replace(TINY, epochs=1, max_steps=3)
+    train(
+        cfg,
+        callback=lambda e: seen.append(("first", e["global_step"])),
+        callbacks=[lambda e: seen.append(("second", e["global_step"]))],
+    )
+    assert seen == [(name, step) for step in (1, 2, 3) for name in ("first", "second")]

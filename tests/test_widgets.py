@@ -35,8 +35,17 @@ def gen(seed: int = 0) -> torch.Generator:
 def test_old_names_are_still_importable_from_widgets():
     import dcl_teach.widgets as w
 
-    for name in ("anchor_terms", "qb_stats", "QBStats", "synthetic_pool", "synthetic_views",
-                 "views_with_cosines", "default_cosines", "grad_curve", "BATCH_SIZES"):  # fmt: skip
+    for name in (
+        "anchor_terms",
+        "qb_stats",
+        "QBStats",
+        "synthetic_pool",
+        "synthetic_views",
+        "views_with_cosines",
+        "default_cosines",
+        "grad_curve",
+        "BATCH_SIZES",
+    ):
         assert getattr(w, name) is getattr(dcl_teach.synthetic, name), name
 
 
