@@ -115,13 +115,13 @@ def fake_cifar10(tmp_path, monkeypatch):
     import hashlib
     from functools import partial
 
-    import dcl_teach.train as train_module
+    import dcl_teach.runstate as runstate_module
     from tests.fake_cifar10 import write_fake_cifar10
 
     archive = write_fake_cifar10(tmp_path / "fake.tar.gz", records_per_batch=20, seed=0)
     md5 = hashlib.md5(archive.read_bytes()).hexdigest()
     fake = partial(load_dataset, url=archive.as_uri(), md5=md5, records_per_batch=20)
-    monkeypatch.setattr(train_module, "load_dataset", fake)
+    monkeypatch.setattr(runstate_module, "load_dataset", fake)
     return tmp_path / "data"
 
 
