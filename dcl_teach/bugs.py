@@ -36,7 +36,8 @@ import torch.nn.functional as F
 
 from dcl_teach.exercises import Verdict
 from dcl_teach.grads import dcl_grad
-from dcl_teach.losses import check_embeddings, check_positive, dcl
+from dcl_teach.inputs import check_embeddings, check_positive
+from dcl_teach.losses import dcl
 from dcl_teach.masks import negative_mask, positive_of
 
 Loss = Callable[..., torch.Tensor]

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 from dcl_teach.grads import _similarities
-from dcl_teach.losses import LOSSES, check_embeddings, check_positive
+from dcl_teach.inputs import check_embeddings, check_positive
+from dcl_teach.losses import LOSSES
 from dcl_teach.widgets import figure_png
 
 SPHERE_LOSSES = {"infonce": "InfoNCE", "dcl": "DCL"}

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import torch
 
-from dcl_teach.losses import check_embeddings, check_positive, vmf_weights_from_cosines
+from dcl_teach.inputs import check_embeddings, check_positive
+from dcl_teach.losses import vmf_weights_from_cosines
 from dcl_teach.masks import negative_mask, positive_index
 
 

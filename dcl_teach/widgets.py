@@ -24,7 +24,8 @@ import math
 import torch
 from matplotlib.figure import Figure
 
-from dcl_teach.losses import check_positive, vmf_weights_from_cosines
+from dcl_teach.inputs import check_positive
+from dcl_teach.losses import vmf_weights_from_cosines
 from dcl_teach.synthetic import (  # noqa: F401  (re-exported: the old home of these names)
     BATCH_SIZES,
     QBStats,
