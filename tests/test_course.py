@@ -1,6 +1,8 @@
 """The teaching kit: editions and decks are built from notebooks/ and behave as promised."""
 
 import re
+import time
+import warnings
 from pathlib import Path
 
 import nbformat
@@ -63,12 +65,19 @@ def _run_editions(source_path: Path):
             resources={"metadata": {"path": str(ROOT / "notebooks")}},
         )
         solved: dict[str, str] = {}
+        index = None
         try:
             with client.setup_kernel():
                 for index, cell in enumerate(student.cells):
                     if cell.cell_type != "code":
                         continue
+                    started = time.monotonic()
                     client.execute_cell(cell, index)
+                    if time.monotonic() - started > 30:  # say where a slow edition spends it
+                        took = time.monotonic() - started
+                        warnings.warn(
+                            f"{source_path.name}: cell {index} took {took:.0f} s", stacklevel=2
+                        )
                     if "check" not in course._tags(cell):
                         continue
                     number = cell.metadata["exercise"]
@@ -80,9 +89,13 @@ def _run_editions(source_path: Path):
                         client.execute_cell(step, index)  # back to the learner's state
                     student.cells[index] = cell  # execute_cell stored each probe in its place
             return student, solved
-        except (CellTimeoutError, DeadKernelError, TimeoutError, RuntimeError):
+        except (CellTimeoutError, DeadKernelError, TimeoutError, RuntimeError) as err:
             if attempt == 2:
                 raise
+            where = "the kernel start" if index is None else f"cell {index}"
+            warnings.warn(
+                f"{source_path.name}: {where} failed ({err!r:.300}); retrying", stacklevel=2
+            )
 
 
 def test_every_source_notebook_has_complete_exercises():
