@@ -37,6 +37,7 @@ import torch
 from dcl_teach.atomic import atomic_output, atomic_write
 from dcl_teach.losses import LOSSES
 from dcl_teach.models import ARCHITECTURES, NORMS
+from dcl_teach.sweep import ARMS
 from dcl_teach.train import (
     AMP_MODES,
     CHECKPOINT_NAME,
@@ -52,9 +53,10 @@ from dcl_teach.train import (
 
 COMMANDS = ("train", "compare", "sweep")
 _CHOICES = {"dataset": tuple(ARCHITECTURES), "loss": tuple(LOSSES), "amp": AMP_MODES, "norm": NORMS}
+_CHOICES["arms"] = ARMS  # SweepConfig.arms
 _ALIASES = {"out_dir": ("--out",)}  # extra spellings of a flag
-_METAVARS = {"batch_sizes": "B", "steps_batch_sizes": "B", "match_steps_of": "B", "seeds": "S"}
-_METAVARS["arms"] = "ARM"  # one of the choices the help lists
+# Short metavars for the sweep's flags; "arms" keeps one, its help lists the choices.
+_METAVARS = dict(batch_sizes="B", steps_batch_sizes="B", match_steps_of="B", seeds="S", arms="ARM")
 
 
 def _optional(kind: type):
@@ -175,9 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_sweep_parser(sub) -> None:
-    from dcl_teach.sweep import ARMS, SweepConfig
+    from dcl_teach.sweep import SweepConfig
 
-    _CHOICES["arms"] = ARMS
     sw = sub.add_parser(
         "sweep",
         help="train losses x batch sizes x seeds with controls; summarise with error bars",
