@@ -1,22 +1,17 @@
 """Each broken loss of dcl_teach.bugs is wrong in exactly the stated way and right elsewhere.
 
-References are float64 loops over anchors (tests/reference.py style); the two-rank simulation is
-checked against two real gloo processes.
+References are float64 loops over anchors (tests/reference.py style). Broken loss 4's two-rank
+simulation is tested in tests/test_ranks.py, the tests that catch the bugs in
+tests/test_bug_checks.py.
 """
 
 import math
-import os
-import socket
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from dcl_teach import bugs
-from dcl_teach.distributed import gather_with_grad
-from dcl_teach.exercises import Verdict, check
+from dcl_teach import bug_checks, bugs, ranks
 from dcl_teach.losses import dcl
 
 SIZES = [(2, 3), (3, 5), (6, 4)]
@@ -186,126 +181,6 @@ def test_forgot_normalize_rewards_growing_norms():
     assert len({round(dcl(c * z1, c * z1, tau=0.5).item(), 10) for c in (1.0, 2.0, 4.0)}) == 1
 
 
-# --- 4. all_gather without gradient -------------------------------------------------------------
-
-
-def _coefficients(z, n, tau):
-    """C[a, j] = dL_a/ds[a, j] of DCL (notebook 04, Eq. 4.4)."""
-    s = z @ z.T / tau
-    neg = torch.ones(2 * n, 2 * n, dtype=torch.bool)
-    rows = torch.arange(2 * n)
-    pos = (rows + n) % (2 * n)
-    neg[rows, rows] = False
-    neg[rows, pos] = False
-    c = torch.softmax(s.masked_fill(~neg, float("-inf")), dim=1)
-    c[rows, pos] -= 1
-    return c
-
-
-@pytest.mark.parametrize("n", [2, 4, 6])
-def test_two_ranks_with_gradient_is_dcl(n):
-    z1, z2 = _unit(n, 5, seed=n)
-    leaves = (z1.clone().requires_grad_(), z2.clone().requires_grad_())
-    sim = bugs.dcl_two_ranks(*leaves, tau=0.2, normalize=False)
-    ref_leaves = (z1.clone().requires_grad_(), z2.clone().requires_grad_())
-    ref = dcl(*ref_leaves, tau=0.2, normalize=False)
-    torch.testing.assert_close(sim, ref, rtol=1e-12, atol=1e-12)
-    for a, b in zip(torch.autograd.grad(sim, leaves), torch.autograd.grad(ref, ref_leaves)):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
-
-
-@pytest.mark.parametrize("n", [2, 4, 6])
-@pytest.mark.parametrize("world", [1, 2])
-def test_all_gather_keeps_only_the_anchor_term(n, world):
-    z1, z2 = _unit(n, 5, seed=n)
-    leaves = (z1.clone().requires_grad_(), z2.clone().requires_grad_())
-    loss = bugs.dcl_two_ranks(*leaves, tau=0.2, normalize=False, world=world, grad_through="none")
-    torch.testing.assert_close(loss, dcl(z1, z2, tau=0.2, normalize=False), rtol=1e-12, atol=1e-12)
-    got = torch.cat(torch.autograd.grad(loss, leaves))
-    z = torch.cat([z1, z2])
-    c = _coefficients(z, n, 0.2)
-    anchor_term = c @ z / (0.2 * 2 * n)  # the first sum of Eq. (4.4): k as an anchor only
-    torch.testing.assert_close(got, anchor_term, rtol=1e-10, atol=1e-13)
-    assert not torch.allclose(got, anchor_term + c.T @ z / (0.2 * 2 * n))
-
-
-def test_own_rows_only_lose_the_other_ranks_candidate_term():
-    n, world = 4, 2
-    z1, z2 = _unit(n, 5, seed=9)
-    leaves = (z1.clone().requires_grad_(), z2.clone().requires_grad_())
-    loss = bugs.dcl_two_ranks(*leaves, tau=0.2, normalize=False, grad_through="own")
-    got = torch.cat(torch.autograd.grad(loss, leaves))
-    z = torch.cat([z1, z2])
-    c = _coefficients(z, n, 0.2)
-    rank_of = torch.arange(2 * n) % n // (n // world)  # owner of each stacked row
-    same_rank = rank_of[:, None] == rank_of[None, :]  # (2N, 2N) anchor and candidate together
-    expected = (c @ z + (c * same_rank).T @ z) / (0.2 * 2 * n)
-    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-13)
-
-
-def test_two_ranks_rejects_uneven_splits():
-    z = torch.eye(3, dtype=torch.float64)
-    with pytest.raises(ValueError, match="do not split evenly over 2 ranks"):
-        bugs.dcl_two_ranks_all_gather(z, z)
-    with pytest.raises(ValueError, match="world must be a positive int"):
-        bugs.dcl_two_ranks(z, z, world=0)
-    with pytest.raises(ValueError, match="grad_through must be one of"):
-        bugs.dcl_two_ranks(z, z, world=1, grad_through="some")
-    with pytest.raises(ValueError, match="gathered views of n \\* W rows"):
-        bugs.rank_loss(z, z, z[:2], z[:2], rank=0)
-    with pytest.raises(ValueError, match="rank"):
-        bugs.rank_loss(z, z, z, z, rank=1)
-
-
-WORLD = 2
-GATHERS = {"none": bugs.all_gather_plain, "own": bugs.all_gather_own_rows, "all": gather_with_grad}
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank, port, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
-        z1_all, z2_all = _unit(2 * WORLD, 5, seed=7)
-        sl = slice(rank * 2, (rank + 1) * 2)
-        result = {}
-        for name, gather in GATHERS.items():
-            z1 = z1_all[sl].clone().requires_grad_()
-            z2 = z2_all[sl].clone().requires_grad_()
-            g1, g2 = gather(z1), gather(z2)
-            result[f"{name}_requires_grad"] = g1.requires_grad
-            loss = bugs.rank_loss(z1, z2, g1, g2, rank=rank, tau=0.2)
-            loss.backward()
-            # DistributedDataParallel averages the ranks' gradients
-            result[name] = (z1.grad / WORLD, z2.grad / WORLD)
-        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-
-
-def test_simulation_equals_two_gloo_processes(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
-    z1, z2 = _unit(2 * WORLD, 5, seed=7)
-    expected = {}
-    for name, mode in (("none", "none"), ("own", "own"), ("all", "all")):
-        leaves = (z1.clone().requires_grad_(), z2.clone().requires_grad_())
-        loss = bugs.dcl_two_ranks(*leaves, tau=0.2, normalize=False, grad_through=mode)
-        expected[name] = torch.autograd.grad(loss, leaves)
-    for rank in range(WORLD):
-        got = torch.load(tmp_path / f"rank{rank}.pt")
-        assert got["none_requires_grad"] is False and got["all_requires_grad"] is True
-        sl = slice(rank * 2, (rank + 1) * 2)
-        for name in GATHERS:
-            for g, e in zip(got[name], expected[name]):
-                torch.testing.assert_close(g, e[sl], rtol=1e-10, atol=1e-13)
-
-
 # --- 5. positive on the diagonal ----------------------------------------------------------------
 
 
@@ -363,29 +238,6 @@ def test_summed_is_2n_times_the_mean_in_value_and_gradient(n, d):
         torch.testing.assert_close(gs, 2 * n * gm, rtol=1e-10, atol=1e-12)
 
 
-# --- the tests and the grading ------------------------------------------------------------------
-
-CAUGHT = {  # which reference test catches which bug (it fails the broken loss)
-    "two logsumexps": {"identical", "aligned-orthogonal", "gradient", "anti-aligned"},
-    "eps mask": {"identical", "aligned-orthogonal", "below zero", "gradient", "anti-aligned"},
-    "forgot normalize": {"rescaling", "bounds"},
-    "all_gather": {"gradient"},
-    "positive on diagonal": {"gradient", "anti-aligned"},
-    "sum, not mean": {"identical", "aligned-orthogonal", "gradient", "anti-aligned", "bounds"},
-}
-
-
-@pytest.mark.parametrize("test_name", list(bugs.TESTS))
-def test_every_reference_test_passes_dcl(test_name):
-    assert bugs.TESTS[test_name](bugs.dcl_reference) is True
-
-
-@pytest.mark.parametrize("bug", list(bugs.BROKEN))
-def test_which_test_catches_which_bug(bug):
-    caught = {name for name, test in bugs.TESTS.items() if not test(bugs.BROKEN[bug])}
-    assert caught == CAUGHT[bug]
-
-
 @pytest.mark.parametrize("loss", list(bugs.BROKEN.values()), ids=list(bugs.BROKEN))
 def test_broken_losses_reject_bad_input_like_dcl(loss):
     with pytest.raises(ValueError, match="at least 2 pairs"):
@@ -396,39 +248,37 @@ def test_broken_losses_reject_bad_input_like_dcl(loss):
         loss(torch.ones(2, 3), torch.ones(2, 4))
 
 
-def _stub(loss):
-    raise NotImplementedError
+# --- moved out, still importable from here (notebook 09 imports them from dcl_teach.bugs) -----
 
-
-def _raises(loss):
-    raise RuntimeError("boom")
+MOVED = {
+    ranks: [
+        "GRAD_THROUGH",
+        "all_gather_own_rows",
+        "all_gather_plain",
+        "dcl_two_ranks",
+        "dcl_two_ranks_all_gather",
+        "rank_loss",
+    ],
+    bug_checks: [
+        "Loss",
+        "TESTS",
+        "grade_test",
+        "passes_aligned_orthogonal",
+        "passes_anti_aligned",
+        "passes_below_zero",
+        "passes_bounds",
+        "passes_gradient",
+        "passes_identical",
+        "passes_rescaling",
+        "passes_symmetries",
+    ],
+}
 
 
 @pytest.mark.parametrize(
-    "test,status,words",
-    [
-        (_stub, "missing", "not yet implemented"),
-        (_raises, "error", "on the broken loss, your test raised RuntimeError: boom"),
-        (lambda loss: True, "wrong", "passes the broken loss (it must fail it)"),
-        (lambda loss: False, "wrong", "fails the correct loss (it must pass it)"),
-        (
-            lambda loss: not bugs.passes_identical(loss),
-            "wrong",
-            "passes the broken loss (it must fail it) and fails",
-        ),
-        (bugs.passes_identical, "correct", "fails the broken loss and passes the correct one"),
-        (lambda loss: None, "wrong", "a test must return True or False; expected a tensor"),
-    ],
+    "module,name",
+    [(module, name) for module, names in MOVED.items() for name in names],
+    ids=[name for names in MOVED.values() for name in names],
 )
-def test_grade_test(test, status, words, capsys):
-    verdict = bugs.grade_test(
-        check("9.1", test, bugs.dcl_two_logsumexps, expected=False, quiet=True),
-        check("9.1", test, bugs.dcl_reference, expected=True, quiet=True),
-    )
-    assert verdict.status == status and words in verdict.message
-    assert capsys.readouterr().out.strip() == verdict.message
-
-
-def test_grade_test_rejects_two_exercises():
-    with pytest.raises(ValueError, match="9.1 and 9.2"):
-        bugs.grade_test(Verdict("9.1", "correct", ""), Verdict("9.2", "correct", ""))
+def test_the_moved_names_are_re_exported(module, name):
+    assert getattr(bugs, name) is getattr(module, name)
