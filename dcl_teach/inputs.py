@@ -106,24 +106,49 @@ def check_embeddings(
 
 
 def _value_check(z1: torch.Tensor, z2: torch.Tensor, *, nonzero_rows: bool) -> torch.Tensor:
-    """Check values in one pass and one device-to-host transfer; return the (2N,) row peaks
-    ``max_j |z[a, j]|`` of ``cat([z1, z2])``, which :func:`normalize_rows` reuses."""
-    peaks = torch.cat([z.detach().abs().amax(dim=1) for z in (z1, z2)])  # (2N,) NaN propagates
-    n = z1.shape[0]
-    flags = [torch.isfinite(peaks[:n]).all(), torch.isfinite(peaks[n:]).all()]
-    if nonzero_rows:
-        flags += [(peaks[:n] > 0).all(), (peaks[n:] > 0).all()]
-    ok = torch.stack(flags).tolist()  # the one transfer
-    for name, z, good in (("z1", z1, ok[0]), ("z2", z2, ok[1])):
-        if not good:
-            bad = int((~torch.isfinite(z)).sum())
-            raise ValueError(f"{name} contains {bad} non-finite values (NaN or inf)")
-    for name, z, good in zip(("z1", "z2"), (z1, z2), ok[2:]):
-        if not good:
-            rows = torch.nonzero(~(z != 0).any(dim=1)).flatten()[:5].tolist()
-            raise ValueError(
-                f"{name} has all-zero rows {rows}: a zero embedding cannot be normalised"
-            )
+    """:func:`row_peaks` of ``cat([z1, z2])``."""
+    return row_peaks(torch.cat([z1, z2]), z1.shape[0], nonzero_rows=nonzero_rows)
+
+
+def row_peaks(z: torch.Tensor, n: int, *, nonzero_rows: bool) -> torch.Tensor:
+    """Check the stacked views ``z = [z1; z2]`` and return their row peaks ``max_j |z[a, j]|``.
+
+    One reduction and one device-to-host transfer: the smallest and the largest peak say
+    whether any entry is non-finite (a NaN or an inf makes the largest one so) and, when
+    ``nonzero_rows`` (the rows will be normalised), whether any row is all zero. Only then are
+    the offending view and rows looked up, for the message.
+
+    Args:
+        z: (2N, D) the two views stacked.
+        n: N, the rows of ``z1``.
+        nonzero_rows: also reject all-zero rows.
+
+    Returns:
+        (2N,) row peaks, which :func:`normalize_rows` reuses.
+
+    Raises:
+        ValueError: non-finite values, or all-zero rows, naming the view (and the rows).
+
+    Example:
+        >>> row_peaks(torch.tensor([[1.0, -3.0], [0.0, 0.0]]), 1, nonzero_rows=True)
+        Traceback (most recent call last):
+        ...
+        ValueError: z2 has all-zero rows [0]: a zero embedding cannot be normalised
+    """
+    peaks = z.detach().abs().amax(dim=1)  # (2N,) NaN propagates
+    low, high = torch.stack(torch.aminmax(peaks)).tolist() if z.shape[0] else (1.0, 1.0)
+    if not math.isfinite(high):
+        for name, view in (("z1", z[:n]), ("z2", z[n:])):
+            bad = int((~torch.isfinite(view)).sum())
+            if bad:
+                raise ValueError(f"{name} contains {bad} non-finite values (NaN or inf)")
+    if nonzero_rows and not low > 0:
+        for name, view in (("z1", z[:n]), ("z2", z[n:])):
+            rows = torch.nonzero(~(view != 0).any(dim=1)).flatten()[:5].tolist()
+            if rows:
+                raise ValueError(
+                    f"{name} has all-zero rows {rows}: a zero embedding cannot be normalised"
+                )
     return peaks
 
 

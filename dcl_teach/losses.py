@@ -36,15 +36,16 @@ import torch
 from torch import nn
 
 from dcl_teach import distributed as dist_utils
-from dcl_teach.fused import dense_rows, fused_rows, fused_symmetric
+from dcl_teach.fused import dense_rows, fused_rows
 from dcl_teach.inputs import (  # the checks the losses run, importable from here too
     _compute_dtype,
-    _value_check,
     check_embeddings,
     check_negatives,
     check_positive,
     normalize_rows,
+    row_peaks,
 )
+from dcl_teach.symmetric import fused_symmetric
 
 REDUCTIONS = ("mean", "sum", "none")
 IMPLEMENTATIONS = ("fused", "dense")
@@ -98,29 +99,31 @@ def _contrastive(
     ):
         raise ValueError(f"block_size must be a positive int or None, got {block_size!r}")
     check_embeddings(z1, z2, min_pairs=2 if decoupled else 1, loss=name, check_values=False)
-    peaks = _value_check(z1, z2, nonzero_rows=normalize)  # (2n,)
+    n = z1.shape[0]
+    za = torch.cat([z1, z2])  # (2n, D) this rank's anchors
+    peaks = row_peaks(za, n, nonzero_rows=normalize)  # (2n,) one check, one transfer
     if negatives is not None:
         neg_peaks = check_negatives(negatives, z1, nonzero_rows=normalize)  # (K,)
         # constants, whatever the caller passed: a queue is never trained through the loss
         negatives = negatives.detach()
+    rank, world = dist_utils.world_info() if gather_distributed else (0, 1)
+    # one process, no extra negatives: the symmetric kernel, which normalises the rows itself
+    symmetric = impl == "fused" and world == 1 and negatives is None and reduction != "none"
 
     with torch.autocast(device_type=z1.device.type, enabled=False):
         dtype = _compute_dtype(z1)
-        n = z1.shape[0]
-        z1, z2 = z1.to(dtype), z2.to(dtype)
-        if normalize:
-            peaks = peaks.to(dtype)
-            z1, z2 = normalize_rows(z1, peaks[:n]), normalize_rows(z2, peaks[n:])
+        za, peaks = za.to(dtype), peaks.to(dtype)  # (2n, D), (2n,)
+        if normalize and not symmetric:
+            za = normalize_rows(za, peaks)  # (2n, D)
         if negatives is not None:
             negatives = negatives.to(dtype)  # (K, D)
             if normalize:
                 negatives = normalize_rows(negatives, neg_peaks.to(dtype))  # (K, D)
-        za = torch.cat([z1, z2])  # (2n, D) this rank's anchors
-        rank, world = dist_utils.world_info() if gather_distributed else (0, 1)
+        z1, z2 = za[:n], za[n:]  # (n, D) each
 
         if world == 1:
             zc = za  # (2N, D) the candidates are the anchors
-            rows = torch.arange(2 * n, device=za.device)  # (2N,)
+            rows = None if symmetric else torch.arange(2 * n, device=za.device)  # (2N,)
         else:
             z1_all = dist_utils.gather_with_grad(z1)  # (nW, D)
             z2_all = dist_utils.gather_with_grad(z2)  # (nW, D)
@@ -129,13 +132,16 @@ def _contrastive(
             rows = torch.cat([local, local + n * world])  # (2n,)
 
         if sigma is None:
-            w = torch.ones(n, dtype=dtype, device=za.device)  # (n,)
+            weights = torch.ones(2 * n, dtype=dtype, device=za.device)  # (2n,)
         else:
             # Detached, over the whole (gathered) batch: see dclw's docstring.
-            c = (z1.detach() * z2.detach()).sum(dim=1)  # (n,) cosines of the positive pairs
+            u = za.detach()  # (2n, D)
+            if normalize and symmetric:  # the kernel normalises; the weights need it now
+                u = normalize_rows(u, peaks)  # (2n, D)
+            c = torch.linalg.vecdot(u[:n], u[n:])  # (n,) cosines of the positive pairs
             c_all = dist_utils.gather_no_grad(c)  # (nW,)
             w = vmf_weights_from_cosines(c_all, sigma=sigma)[rank * n : (rank + 1) * n]  # (n,)
-        weights = torch.cat([w, w])  # (2n,) both anchors of a pair share the pair's weight
+            weights = torch.cat([w, w])  # (2n,) both anchors of a pair share the pair's weight
 
         if reduction == "none":
             return dense_rows(
@@ -144,10 +150,16 @@ def _contrastive(
         # DDP averages gradients over ranks; scaling the local share so that this average is
         # the gradient of the global loss: 1/(2n) for the mean, W for the sum.
         scale = 1.0 / (2 * n) if reduction == "mean" else float(world)
-        if impl == "fused" and world == 1 and negatives is None:
+        if symmetric:
             # one process: the candidates are the anchors, S is symmetric, half of it suffices
             loss = fused_symmetric(
-                za, weights, tau=tau, decoupled=decoupled, block_size=block_size, scale=scale
+                za,
+                weights,
+                tau=tau,
+                decoupled=decoupled,
+                block_size=block_size,
+                scale=scale,
+                peaks=peaks if normalize else None,
             )
         elif impl == "fused":
             # gathered candidates, or extra negatives (K more columns): not square any more

@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dcl_teach.fused import dense_rows, fused_rows, fused_symmetric
+from dcl_teach.fused import dense_rows, fused_rows
 from dcl_teach.losses import LOSSES
+from dcl_teach.symmetric import fused_symmetric
 
 pytestmark = [
     pytest.mark.gpu,
