@@ -15,26 +15,44 @@ outgoing connection takes one of those ephemeral ports meanwhile, the kernel die
 Unix sockets named after each kernel's own connection file cannot collide. nbval builds its
 ``KernelManager`` without any configuration, so the plugin hands it a subclass whose default
 transport is "ipc"; tests that start kernels themselves pass ``AsyncIpcKernelManager``.
+
+**Async clients poll in slices of a second.** A zmq socket signals new messages through an
+edge-triggered file descriptor; an asyncio poll that misses the edge (a message that arrives
+while the socket's previous event is being handled) sleeps out its whole timeout with the
+reply already waiting. nbclient waits for each cell's reply with the cell timeout, so a cell
+that ran in a second could hold a test for 180 s and then pass. ``AsyncIpcKernelManager``'s
+clients poll at most ``POLL_SLICE`` seconds at a time, and every new poll first looks at the
+socket's pending events, so a missed edge costs a second at most.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import time
 import uuid
+from queue import Empty
 
+from jupyter_client.asynchronous import AsyncKernelClient
+from jupyter_client.channels import AsyncZMQSocketChannel
 from jupyter_client.manager import AsyncKernelManager, KernelManager
-from traitlets import CaselessStrEnum, default
+from traitlets import CaselessStrEnum, Type, default
 
 IPC = os.name == "posix"  # Unix sockets: Linux and macOS; Windows keeps TCP
 TRANSPORT = "ipc" if IPC else "tcp"
 
 
-def _over_ipc(base: type) -> type:
+def _over_ipc(base: type, client: type | None = None) -> type:
     class Manager(base):
         __doc__ = f"A ``{base.__name__}`` that talks to its kernel over Unix sockets."
 
         transport = CaselessStrEnum(["tcp", "ipc"], default_value=TRANSPORT, config=True)
+
+        if client is not None:
+
+            @default("client_factory")
+            def _client_factory_default(self) -> type:
+                return client
 
         @default("ip")
         def _ip_default(self) -> str:
@@ -49,8 +67,35 @@ def _over_ipc(base: type) -> type:
     return Manager
 
 
+#: Longest single poll of an async kernel client's socket, in seconds.
+POLL_SLICE = 1.0
+
+
+class SlicedChannel(AsyncZMQSocketChannel):
+    """An async channel whose ``get_msg`` polls in slices of at most ``POLL_SLICE`` seconds."""
+
+    async def get_msg(self, timeout: float | None = None) -> dict:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = POLL_SLICE if deadline is None else max(deadline - time.monotonic(), 0.0)
+            try:
+                return await super().get_msg(timeout=min(left, POLL_SLICE))
+            except Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+
+
+class SlicedAsyncKernelClient(AsyncKernelClient):
+    """An ``AsyncKernelClient`` whose message channels poll in slices (see the module)."""
+
+    shell_channel_class = Type(SlicedChannel)
+    iopub_channel_class = Type(SlicedChannel)
+    stdin_channel_class = Type(SlicedChannel)
+    control_channel_class = Type(SlicedChannel)
+
+
 IpcKernelManager = _over_ipc(KernelManager)
-AsyncIpcKernelManager = _over_ipc(AsyncKernelManager)  # for nbclient.NotebookClient
+AsyncIpcKernelManager = _over_ipc(AsyncKernelManager, SlicedAsyncKernelClient)  # for nbclient
 
 
 # Notebooks whose run trains an encoder or takes more than about 15 s on a 2-core CPU.
