@@ -735,3 +735,9 @@ plt.show()
 # The full matrix grows as $N^2$ (64 GiB at $N = 65{,}536$); one block never exceeds the tile
 # budget, whatever the batch size. What does grow with $N$ is the $(2N, D)$ gradient the kernel accumulates, which is no
 # bigger than the embeddings themselves.
+#
+# In one process `dcl` goes one step further (`dcl_teach.symmetric`): the candidates are the
+# anchors, so the similarity matrix is symmetric, and only its square tiles on and above the
+# diagonal are computed (2048 x 2048 at most, the same budget), each one serving two blocks of
+# rows. Forward and backward then cost about two matrix products of the size of $S$ instead
+# of three.

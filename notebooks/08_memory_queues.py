@@ -118,6 +118,7 @@ def pairs_at_cosine(n: int, d: int, cos: float, *, seed: int) -> tuple[torch.Ten
 # "momentum" encoder for the queue; here the queue is simply added to the symmetric $2N$-anchor
 # losses of the course. As a loop over anchors:
 
+
 # %%
 def queue_losses_loop(
     z1: torch.Tensor, z2: torch.Tensor, queue: torch.Tensor, *, tau: float, decoupled: bool
@@ -204,6 +205,7 @@ assert sorted(memory.negatives[:, 0].int().tolist()) == [1, 2, 3, 4, 5]
 # the same without it; a queue does not change that relation, only the value of $q_a$. Here is
 # (8.3) as a loop, the reference for the exercise below:
 
+
 # %%
 def coupling_loop(
     z1: torch.Tensor, z2: torch.Tensor, queue: torch.Tensor, *, tau: float
@@ -229,6 +231,7 @@ def coupling_loop(
 # find how $q_a$ follows from the per-anchor InfoNCE loss $L_a$. Then write `coupling_fast`
 # with one call to `info_nce(..., reduction="none", negatives=queue)`. (Take
 # `normalize=False`: the inputs are already unit vectors.)
+
 
 # %% exercise="8.1" tags=["exercise"]
 def coupling_fast(
@@ -287,6 +290,7 @@ def coupling_fast(
 # the ratio of the positive's weight to a typical negative's, and at a small $\tau$ it is
 # huge. Here is (8.4) in code, with `pos_exp` $= e^{s_{\mathrm{pos}}}$ and `mean_exp` $= \bar e$:
 
+
 # %%
 def predicted_q(k: float, *, pos_exp: float, mean_exp: float, n: int) -> float:
     """q_a of (8.4): the queue holds k typical negatives, like the 2N - 2 of the batch."""
@@ -343,6 +347,7 @@ plt.show()
 # below draws the same curve for any temperature and positive cosine (predicted by (8.4),
 # with $\bar e$ of random directions in 128 dimensions measured on the pool above):
 
+
 # %% tags=["nbval-ignore-output"]
 def show_qb_against_k(tau: float = 0.1, cos_pos: float = 0.8) -> None:
     """Plot (8.4) against K for one temperature and positive cosine, with K_1/2 marked."""
@@ -382,6 +387,7 @@ _ = widgets.interact(
 # (a float; it may come out negative when the batch alone already reaches the target) at
 # which (8.4) gives exactly `q_target`. The cell after the check then *tests your prediction*:
 # it builds a queue of that size and measures $q_B$.
+
 
 # %% exercise="8.2" tags=["exercise"]
 def queue_size_for(q_target: float, *, pos_exp: float, mean_exp: float, n: int) -> float:
@@ -558,6 +564,7 @@ print(f"{len(results) * len(SEEDS)} runs of {EPOCHS} epochs in {time.perf_counte
 # The runs, summarised as mean ± standard deviation over the three seeds, with two baselines
 # (kNN on raw pixels, and on an untrained encoder):
 
+
 # %%
 def mean_sd(values: list[float]) -> tuple[float, float]:
     t = torch.tensor(values, dtype=torch.float64)
@@ -622,6 +629,7 @@ plt.show()
 # twice the combined standard deviation. Three seeds of three epochs are a small experiment:
 # a difference it cannot resolve is reported as undecided, not as a tie or a win.
 
+
 # %%
 def verdict_line(a: tuple[str, int], b: tuple[str, int]) -> str:
     (ma, sa, _, _), (mb, sb, _, _) = summary[a], summary[b]
@@ -660,7 +668,9 @@ print(
 # above without a queue (seed 0), embed two augmented views of $N = 16$ training images as
 # the batch, and use the projections of the other training images as the queue (up to all of
 # them), then compare the measured $q_B$ with (8.4) per anchor, with $\bar e_a$
-# measured on the whole queue:
+# measured on the whole queue. For a short queue the first $K$ stored embeddings are a small
+# sample whose average differs from $\bar e_a$, so the prediction is loosest there (a few
+# hundredths of $q_B$ at $K = 32$ in our runs) and tightens as $K$ grows:
 
 # %%
 model = models["InfoNCE"]
@@ -694,10 +704,17 @@ def predicted_q_trained(k: int) -> float:
 
 
 pred_trained = [predicted_q_trained(k) for k in k_trained]
-assert all(abs(p - q) < 0.05 for p, q in zip(pred_trained, q_trained))
+gaps = [abs(p - q) for p, q in zip(pred_trained, q_trained)]
+# a sample of K queue rows: loose for short queues, tight for long ones
+assert max(gaps) < 0.1 and max(g for k, g in zip(k_trained, gaps) if k >= 128) < 0.03
 assert q_trained[-1] > q_trained[0]
 print(
     f"trained encoder, τ = {TAU}: q_B = {q_trained[0]:.3f} with the batch alone, {q_trained[-1]:.3f} with K = {k_max:,}"
+)
+widest = max(range(len(gaps)), key=gaps.__getitem__)
+print(
+    f"prediction (8.4) - measured: at most {gaps[widest]:.3f} (K = {k_trained[widest]}), "
+    f"at most {max(g for k, g in zip(k_trained, gaps) if k >= 128):.3f} for K >= 128"
 )
 
 # %%

@@ -514,7 +514,7 @@ show_code(all_gather_own_rows)
 # losses are averaged as data parallelism averages gradients. Two real `gloo` processes
 # (`torch.multiprocessing.spawn`) would cost a few seconds of process start-up per run and fail
 # in notebook environments where the spawned workers cannot import the notebook's functions;
-# `tests/test_bugs.py` instead checks the simulation against two real gloo processes running
+# `tests/test_ranks.py` instead checks the simulation against two real gloo processes running
 # `all_gather_plain`, `all_gather_own_rows` and `gather_with_grad`, gradient for gradient.
 
 # %% tags=["nbval-check-output"]
