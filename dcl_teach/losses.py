@@ -19,8 +19,10 @@ symbol      meaning                                               Yeh et al. (20
 Each of the 2N anchors has one positive (the other view of the same image) and 2N - 2
 negatives (both views of every other image). The losses are averaged over all 2N anchors (the
 paper sums; ``reduction="sum"`` gives that). Embeddings are L2-normalised inside the loss unless
-``normalize=False``. All three run on the fused kernel of :mod:`dcl_teach.fused`: the statistics
-are computed in float32 (float64 inputs stay float64), blockwise, with the analytic gradient.
+``normalize=False``. All three go through :func:`dcl_teach.contrastive.contrastive` to the fused
+kernels (:mod:`dcl_teach.symmetric` in one process, :mod:`dcl_teach.fused` across ranks or with
+a queue): the statistics are computed in float32 (float64 inputs stay float64), blockwise, with
+the analytic gradient.
 
 Extra negatives (``negatives=``, a (K, D) tensor such as a MoCo memory queue,
 :class:`dcl_teach.queue.MemoryQueue`) join every anchor's denominator: K more columns of the
@@ -35,155 +37,18 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from dcl_teach import distributed as dist_utils
-from dcl_teach.fused import dense_rows, fused_rows
-from dcl_teach.inputs import (  # the checks the losses run, importable from here too
-    _compute_dtype,
+from dcl_teach.contrastive import (  # noqa: F401  re-exported: importable from here too
+    IMPLEMENTATIONS,
+    REDUCTIONS,
+    contrastive,
+    vmf_weights_from_cosines,
+)
+from dcl_teach.inputs import (  # noqa: F401  the checks the losses run, importable from here
     check_embeddings,
     check_negatives,
     check_positive,
     normalize_rows,
-    row_peaks,
 )
-from dcl_teach.symmetric import fused_symmetric
-
-REDUCTIONS = ("mean", "sum", "none")
-IMPLEMENTATIONS = ("fused", "dense")
-
-
-def vmf_weights_from_cosines(c: torch.Tensor, *, sigma: float) -> torch.Tensor:
-    """DCLW weights ``w_i = 2 - exp(c_i / sigma) / mean_j exp(c_j / sigma)`` from cosines ``c``.
-
-    Computed as ``2 - N * softmax(c / sigma)``, which is the same number without overflow.
-
-    Args:
-        c: (N,) cosine similarity of each positive pair.
-        sigma: width of the weighting, > 0.
-
-    Returns:
-        (N,) weights; they average to exactly 1 and can be negative for outlier pairs.
-
-    Example:
-        >>> vmf_weights_from_cosines(torch.tensor([0.5, 0.5, 0.5]), sigma=0.5).tolist()
-        [1.0, 1.0, 1.0]
-
-    Taught in notebook 05.
-    """
-    return 2.0 - c.shape[0] * torch.softmax(c / sigma, dim=0)  # (N,)
-
-
-def _contrastive(
-    z1: torch.Tensor,
-    z2: torch.Tensor,
-    *,
-    tau: float,
-    decoupled: bool,
-    sigma: float | None,
-    normalize: bool,
-    reduction: str,
-    gather_distributed: bool,
-    block_size: int | None,
-    impl: str,
-    name: str,
-    negatives: torch.Tensor | None = None,
-) -> torch.Tensor:
-    tau = check_positive("tau", tau)
-    if sigma is not None:
-        sigma = check_positive("sigma", sigma)
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if impl not in IMPLEMENTATIONS:
-        raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
-    if block_size is not None and (
-        isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1
-    ):
-        raise ValueError(f"block_size must be a positive int or None, got {block_size!r}")
-    check_embeddings(z1, z2, min_pairs=2 if decoupled else 1, loss=name, check_values=False)
-    n = z1.shape[0]
-    za = torch.cat([z1, z2])  # (2n, D) this rank's anchors
-    peaks = row_peaks(za, n, nonzero_rows=normalize)  # (2n,) one check, one transfer
-    if negatives is not None:
-        neg_peaks = check_negatives(negatives, z1, nonzero_rows=normalize)  # (K,)
-        # constants, whatever the caller passed: a queue is never trained through the loss
-        negatives = negatives.detach()
-    rank, world = dist_utils.world_info() if gather_distributed else (0, 1)
-    # one process, no extra negatives: the symmetric kernel, which normalises the rows itself
-    symmetric = impl == "fused" and world == 1 and negatives is None and reduction != "none"
-
-    with torch.autocast(device_type=z1.device.type, enabled=False):
-        dtype = _compute_dtype(z1)
-        za, peaks = za.to(dtype), peaks.to(dtype)  # (2n, D), (2n,)
-        if normalize and not symmetric:
-            za = normalize_rows(za, peaks)  # (2n, D)
-        if negatives is not None:
-            negatives = negatives.to(dtype)  # (K, D)
-            if normalize:
-                negatives = normalize_rows(negatives, neg_peaks.to(dtype))  # (K, D)
-        z1, z2 = za[:n], za[n:]  # (n, D) each
-
-        if world == 1:
-            zc = za  # (2N, D) the candidates are the anchors
-            rows = None if symmetric else torch.arange(2 * n, device=za.device)  # (2N,)
-        else:
-            z1_all = dist_utils.gather_with_grad(z1)  # (nW, D)
-            z2_all = dist_utils.gather_with_grad(z2)  # (nW, D)
-            zc = torch.cat([z1_all, z2_all])  # (2nW, D)
-            local = torch.arange(n, device=za.device) + rank * n  # (n,)
-            rows = torch.cat([local, local + n * world])  # (2n,)
-
-        if sigma is None:
-            weights = torch.ones(2 * n, dtype=dtype, device=za.device)  # (2n,)
-        else:
-            # Detached, over the whole (gathered) batch: see dclw's docstring.
-            u = za.detach()  # (2n, D)
-            if normalize and symmetric:  # the kernel normalises; the weights need it now
-                u = normalize_rows(u, peaks)  # (2n, D)
-            c = torch.linalg.vecdot(u[:n], u[n:])  # (n,) cosines of the positive pairs
-            c_all = dist_utils.gather_no_grad(c)  # (nW,)
-            w = vmf_weights_from_cosines(c_all, sigma=sigma)[rank * n : (rank + 1) * n]  # (n,)
-            weights = torch.cat([w, w])  # (2n,) both anchors of a pair share the pair's weight
-
-        if reduction == "none":
-            return dense_rows(
-                za, zc, rows, weights, tau=tau, decoupled=decoupled, negatives=negatives
-            )  # (2n,)
-        # DDP averages gradients over ranks; scaling the local share so that this average is
-        # the gradient of the global loss: 1/(2n) for the mean, W for the sum.
-        scale = 1.0 / (2 * n) if reduction == "mean" else float(world)
-        if symmetric:
-            # one process: the candidates are the anchors, S is symmetric, half of it suffices
-            loss = fused_symmetric(
-                za,
-                weights,
-                tau=tau,
-                decoupled=decoupled,
-                block_size=block_size,
-                scale=scale,
-                peaks=peaks if normalize else None,
-            )
-        elif impl == "fused":
-            # gathered candidates, or extra negatives (K more columns): not square any more
-            loss = fused_rows(
-                za,
-                zc,
-                rows,
-                weights,
-                tau=tau,
-                decoupled=decoupled,
-                block_size=block_size,
-                scale=scale,
-                negatives=negatives,
-            )
-        else:
-            loss = dense_rows(
-                za, zc, rows, weights, tau=tau, decoupled=decoupled, negatives=negatives
-            )
-            loss = loss.sum() * scale
-        if world > 1:
-            # Report the loss of the whole global batch on every rank; the gradient stays local.
-            reported = dist_utils.mean_over_ranks(loss)
-            loss = loss + (reported - loss).detach()
-        return loss
 
 
 def info_nce(
@@ -249,7 +114,7 @@ def info_nce(
 
     Taught in notebook 01.
     """
-    return _contrastive(
+    return contrastive(
         z1,
         z2,
         tau=tau,
@@ -306,7 +171,7 @@ def dcl(
 
     Taught in notebook 04.
     """
-    return _contrastive(
+    return contrastive(
         z1,
         z2,
         tau=tau,
@@ -374,7 +239,7 @@ def dclw(
 
     Taught in notebook 05.
     """
-    return _contrastive(
+    return contrastive(
         z1,
         z2,
         tau=tau,

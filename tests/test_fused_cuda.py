@@ -34,15 +34,20 @@ def unit(n, d, seed, dtype=torch.float32):
     return F.normalize(torch.randn(n, d, generator=g, dtype=dtype), dim=1).cuda()
 
 
+@pytest.mark.parametrize("inside", [False, True])  # rows as given, or normalised inside
 @pytest.mark.parametrize("decoupled", [False, True])
-def test_symmetric_kernel_never_syncs_and_matches_dense(decoupled, no_sync):
-    z = unit(96, 16, seed=1).requires_grad_()
+def test_symmetric_kernel_never_syncs_and_matches_dense(decoupled, inside, no_sync):
+    z = (unit(96, 16, seed=1) * (3.0 if inside else 1.0)).requires_grad_()
+    peaks = z.detach().abs().amax(dim=1) if inside else None  # (K,)
     w = torch.rand(48, generator=torch.Generator().manual_seed(2)).repeat(2).cuda()
     rows = torch.arange(96, device="cuda")
-    loss = fused_symmetric(z, w, tau=0.05, decoupled=decoupled, block_size=32, scale=1 / 96)
+    loss = fused_symmetric(
+        z, w, tau=0.05, decoupled=decoupled, block_size=32, scale=1 / 96, peaks=peaks
+    )
     (grad,) = torch.autograd.grad(loss, z)
     torch.cuda.set_sync_debug_mode("default")  # the reference may sync
-    ref = dense_rows(z, z, rows, w, tau=0.05, decoupled=decoupled).mean()
+    u = F.normalize(z, dim=1)  # (K, D) the rows as the kernel used them
+    ref = dense_rows(u, u, rows, w, tau=0.05, decoupled=decoupled).mean()
     (ref_grad,) = torch.autograd.grad(ref, z)
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-5)
