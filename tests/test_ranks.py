@@ -12,23 +12,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import torch.nn.functional as F
 
 from dcl_teach import ranks
 from dcl_teach.distributed import gather_with_grad
 from dcl_teach.losses import dcl
-
-
-def _batch(n, d, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    z1 = torch.randn(n, d, generator=g, dtype=torch.float64)
-    z2 = z1 + 0.7 * torch.randn(n, d, generator=g, dtype=torch.float64)
-    return z1, z2
-
-
-def _unit(n, d, seed=0):
-    z1, z2 = _batch(n, d, seed)
-    return F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+from tests.test_bugs import _unit
 
 
 def _coefficients(z, n, tau):
