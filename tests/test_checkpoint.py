@@ -20,10 +20,11 @@ def test_checkpoint_roundtrip_and_atomicity(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage"])
-def test_damaged_file_is_refused_with_a_clear_error(tmp_path, damage):
-    path = tmp_path / "c.pt"
-    save_checkpoint(path, {"a": torch.arange(100)})
+DAMAGES = ("truncate", "flip", "garbage")
+
+
+def damage_file(path, damage: str) -> None:
+    """Cut the file in half, flip one byte in its middle, or replace it with garbage."""
     blob = bytearray(path.read_bytes())
     if damage == "truncate":
         blob = blob[: len(blob) // 2]
@@ -32,6 +33,13 @@ def test_damaged_file_is_refused_with_a_clear_error(tmp_path, damage):
     else:
         blob = bytearray(b"not a checkpoint")
     path.write_bytes(bytes(blob))
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_damaged_file_is_refused_with_a_clear_error(tmp_path, damage):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"a": torch.arange(100)})
+    damage_file(path, damage)
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         load_checkpoint(path)
 

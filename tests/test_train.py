@@ -29,6 +29,7 @@ from dcl_teach.train import (
     load_checkpoint,
     train,
 )
+from tests.test_checkpoint import DAMAGES, damage_file
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = (
@@ -317,19 +318,11 @@ def test_checkpoint_from_another_config_is_refused(tmp_path):
     assert "max_steps" not in message  # resuming with another max_steps is allowed
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage"])
+@pytest.mark.parametrize("damage", DAMAGES)
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path, damage):
     cfg = dataclasses.replace(TINY, out_dir=str(tmp_path), max_steps=2)
     train(cfg)
-    path = tmp_path / CHECKPOINT_NAME
-    blob = bytearray(path.read_bytes())
-    if damage == "truncate":
-        blob = blob[: len(blob) // 2]
-    elif damage == "flip":
-        blob[len(blob) // 2] ^= 0xFF
-    else:
-        blob = bytearray(b"not a checkpoint")
-    path.write_bytes(bytes(blob))
+    damage_file(tmp_path / CHECKPOINT_NAME, damage)
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         train(cfg)
 
