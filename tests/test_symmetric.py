@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from dcl_teach import tiles as tiles_module
 from dcl_teach.fused import dense_rows, fused_rows
 from dcl_teach.symmetric import (
+    MID_TILE,
     ONE_TILE_MAX,
     SYMMETRIC_TILE,
     UNIT_SHIFT_MIN_TAU,
@@ -215,11 +216,11 @@ def test_normalisation_inside_twice_with_retained_graph(tile_cache):
     torch.testing.assert_close(g2, 2.0 * g1)
 
 
-def test_tile_side_is_one_tile_then_two_blocks_then_the_largest_tile():
+def test_tile_side_is_one_tile_then_the_middle_tile_then_the_largest_tile():
     assert tile_side(2) == 2 and tile_side(ONE_TILE_MAX) == ONE_TILE_MAX
-    assert tile_side(ONE_TILE_MAX + 2) == ONE_TILE_MAX // 2 + 1  # two row blocks
-    assert tile_side(2 * SYMMETRIC_TILE) == SYMMETRIC_TILE
-    assert tile_side(2 * SYMMETRIC_TILE + 2) == SYMMETRIC_TILE
+    assert tile_side(ONE_TILE_MAX + 2) == MID_TILE < ONE_TILE_MAX
+    assert tile_side(4 * ONE_TILE_MAX) == MID_TILE
+    assert tile_side(4 * ONE_TILE_MAX + 2) == SYMMETRIC_TILE
 
 
 def test_workspace_buffers_are_reused_with_the_same_result():
