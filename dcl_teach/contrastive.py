@@ -13,6 +13,8 @@ Taught in notebook 04.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from dcl_teach import distributed as dist_utils
@@ -133,9 +135,10 @@ def contrastive(
 
         if sigma is None:
             weights = torch.ones(2 * n, dtype=dtype, device=za.device)  # (2n,)
-        else:  # the kernel normalises the rows itself; the weights need unit rows now
-            unit = normalize_rows(za.detach(), peaks) if normalize and symmetric else za
-            weights = _pair_weights(unit, sigma, rank)  # (2n,)
+        elif symmetric:  # the kernel computes them from the rows it normalises itself
+            weights = partial(vmf_weights_from_cosines, sigma=sigma)
+        else:
+            weights = _pair_weights(za, sigma, rank)  # (2n,)
 
         if reduction == "none":
             return dense_rows(

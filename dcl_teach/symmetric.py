@@ -31,6 +31,8 @@ Taught in notebook 04.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from dcl_teach import tiles as tiles_module
@@ -189,7 +191,9 @@ class SymmetricContrastiveFunction(torch.autograd.Function):
     ``apply(z, weights, tau, decoupled, block_size, scale[, peaks])`` with ``z`` (K, D) the
     stacked views ``[z1; z2]`` (anchor ``a``'s positive at ``(a + K/2) mod K``), ``weights``
     (K,) and ``scale`` as in :class:`dcl_teach.fused.ContrastiveFunction`, ``block_size`` the
-    side of the square tiles. Without ``peaks`` the rows are used as given; with ``peaks`` (K,),
+    side of the square tiles. ``weights`` may instead be a function from the (N,) detached
+    cosines ``<u_a, u_pos(a)>`` of the pairs, as the kernel normalised them, to the (N,) pair
+    weights (DCLW's, without normalising the rows a second time outside). Without ``peaks`` the rows are used as given; with ``peaks`` (K,),
     the row maxima ``max_j |z[a, j]|``, they are normalised inside (robustly at any scale, as
     :func:`dcl_teach.inputs.normalize_rows` does) and the gradient includes the normalisation.
     Returns the scalar ``g * sum_a L_a``.
@@ -220,22 +224,27 @@ class SymmetricContrastiveFunction(torch.autograd.Function):
         else:
             lse, arena = tiled_forward(u, inv_tau, n, b, decoupled, need_grad)
         # the positive terms: s[a, a + n] = s[a + n, a], weighted by both anchors of the pair
+        c = torch.linalg.vecdot(u[:n], u[n:])  # (n,) <u_a, u_pos(a)>, cosines for unit rows
+        if callable(weights):  # from the rows as the kernel uses them; constants
+            w = weights(c.detach().clone())  # (n,)
+            weights = torch.cat([w, w])  # (K,) both anchors of a pair share its weight
         w_pair = weights[:n] + weights[n:]  # (n,)
-        s_pos = torch.linalg.vecdot(u[:n], u[n:]).mul_(inv_tau)  # (n,)
+        s_pos = c.mul_(inv_tau)  # (n,)
         loss = (lse.sum() - torch.dot(w_pair, s_pos)) * scale
         if need_grad:
-            ctx.save_for_backward(z, weights, peaks)
+            ctx.save_for_backward(z, peaks)
             ctx.rows, ctx.inv_norm, ctx.operands = u, inv_norm, (zu, zv)
             ctx.arena, ctx.sums, ctx.lse, ctx.w_pair = arena, sums, lse, w_pair
+            ctx.weights = weights
             ctx.hyper = (tau, decoupled, b, scale, unit)
         return loss
 
     @staticmethod
     def backward(ctx, grad_out):
-        z, weights, peaks = ctx.saved_tensors
+        z, peaks = ctx.saved_tensors
         tau, decoupled, b, scale, unit = ctx.hyper
         if torch.is_grad_enabled():  # create_graph=True: differentiable, by the dense form
-            grad = _dense_grad(z, peaks, weights, grad_out, tau, decoupled, scale)
+            grad = _dense_grad(z, peaks, ctx.weights, grad_out, tau, decoupled, scale)
             return grad, None, None, None, None, None, None
         u, inv_norm, sums = ctx.rows, ctx.inv_norm, ctx.sums  # (K, D), (K, 1), (K,)
         arena, ctx.arena = ctx.arena, None  # a second backward recomputes the tiles
@@ -265,7 +274,7 @@ class SymmetricContrastiveFunction(torch.autograd.Function):
 
 def fused_symmetric(
     z: torch.Tensor,
-    weights: torch.Tensor,
+    weights: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
     *,
     tau: float,
     decoupled: bool,
@@ -277,7 +286,9 @@ def fused_symmetric(
 
     Args:
         z: (K, D) the stacked views ``[z1; z2]``; K even. Used as given without ``peaks``.
-        weights: (K,) weight ``w_a`` of each positive term.
+        weights: (K,) weight ``w_a`` of each positive term; or a function from the (N,)
+            detached cosines of the pairs (of the rows as the kernel uses them) to the (N,)
+            pair weights, each applied to both anchors of its pair.
         tau: temperature.
         decoupled: drop the positive from the denominator (DCL, DCLW).
         block_size: side of the square tiles; default :func:`tile_side`.
@@ -303,6 +314,8 @@ def fused_symmetric(
     """
     block = tile_side(z.shape[0]) if block_size is None else int(block_size)
     extra = () if peaks is None else (peaks.detach().to(z.dtype),)
+    if not callable(weights):
+        weights = weights.to(z.dtype)
     return SymmetricContrastiveFunction.apply(
-        z, weights.to(z.dtype), tau, decoupled, block, float(scale), *extra
+        z, weights, tau, decoupled, block, float(scale), *extra
     )

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from dcl_teach import tiles as tiles_module
 from dcl_teach.fused import dense_rows, fused_rows
+from dcl_teach.inputs import normalize_rows
 from dcl_teach.symmetric import (
     MID_TILE,
     ONE_TILE_MAX,
@@ -236,3 +237,26 @@ def test_workspace_buffers_are_reused_with_the_same_result():
     torch.testing.assert_close(z.grad, first, rtol=0, atol=0)  # reused buffers, same result
     assert {t.data_ptr() for t in tiles_module.held_buffers()} == {t.data_ptr() for t in held}
     tiles_module.release_workspace()
+
+
+@pytest.mark.parametrize("inside", [False, True])  # rows as given, or normalised inside
+def test_weights_from_the_kernels_own_cosines_equal_given_constant_weights(inside):
+    z = raw(12, 4, seed=45) if inside else unit(12, 4, seed=45)
+    z.requires_grad_()
+    peaks = peaks_of(z) if inside else None
+    u = normalize_rows(z.detach()) if inside else z.detach()  # (K, D) at any scale
+    seen = []
+
+    def weigh(c):  # (N,) cosines of the pairs -> (N,) weights, as DCLW's
+        seen.append(c)
+        return 2.0 - c.shape[0] * torch.softmax(c / 0.5, dim=0)
+
+    w = weigh((u[:6] * u[6:]).sum(dim=1))  # (N,) computed outside, constants
+    got = fused_symmetric(z, weigh, tau=0.2, decoupled=True, peaks=peaks)
+    ref = fused_symmetric(z, torch.cat([w, w]), tau=0.2, decoupled=True, peaks=peaks)
+    assert not seen[-1].requires_grad  # the kernel hands over detached cosines
+    torch.testing.assert_close(seen[-1], seen[0], rtol=1e-12, atol=1e-14)
+    (g,) = torch.autograd.grad(got, z)
+    (g_ref,) = torch.autograd.grad(ref, z)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g, g_ref, rtol=1e-12, atol=1e-12)
