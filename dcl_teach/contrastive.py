@@ -73,15 +73,31 @@ def _check_options(
 
 
 def _pair_weights(z: torch.Tensor, sigma: float, rank: int) -> torch.Tensor:
-    """(2n,) DCLW weights of this rank's anchors from its unit rows ``z = [z1; z2]`` (2n, D):
-    detached, over the whole (gathered) batch (see :func:`dclw`), both anchors of a pair
-    sharing the pair's weight."""
+    """(2n,) DCLW weights of this rank's anchors from its rows ``z = [z1; z2]`` (2n, D), as the
+    loss uses them (unit rows unless ``normalize=False``): detached, over the whole (gathered)
+    batch (see :func:`dcl_teach.losses.dclw`), both anchors of a pair sharing its weight."""
     n = z.shape[0] // 2
     z = z.detach()  # (2n, D)
     c = torch.linalg.vecdot(z[:n], z[n:])  # (n,) cosines of the positive pairs
     c_all = dist_utils.gather_no_grad(c)  # (nW,)
     w = vmf_weights_from_cosines(c_all, sigma=sigma)[rank * n : (rank + 1) * n]  # (n,)
     return torch.cat([w, w])  # (2n,)
+
+
+def _candidates(
+    za: torch.Tensor, rank: int, world: int, symmetric: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The candidates (2nW, D) of this rank's anchors ``za = [z1; z2]`` (2n, D) and each
+    anchor's row among them (2n,): the anchors themselves in one process (no rows needed by
+    the symmetric kernel), both views gathered from every rank otherwise."""
+    n = za.shape[0] // 2
+    if world == 1:
+        rows = None if symmetric else torch.arange(2 * n, device=za.device)  # (2N,)
+        return za, rows
+    z1_all = dist_utils.gather_with_grad(za[:n])  # (nW, D)
+    z2_all = dist_utils.gather_with_grad(za[n:])  # (nW, D)
+    local = torch.arange(n, device=za.device) + rank * n  # (n,)
+    return torch.cat([z1_all, z2_all]), torch.cat([local, local + n * world])
 
 
 def contrastive(
@@ -99,6 +115,28 @@ def contrastive(
     name: str,
     negatives: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    """The loss of :func:`dcl_teach.losses.info_nce`, ``dcl`` or ``dclw``, by the right kernel.
+
+    Args:
+        z1, z2, tau, sigma, normalize, reduction, gather_distributed, block_size, impl,
+            negatives: as in :func:`dcl_teach.losses.dclw` (``sigma=None``: weights of 1).
+        decoupled: drop the positive from the denominator (DCL, DCLW).
+        name: the loss's name, for error messages.
+
+    Returns:
+        0-dim tensor, or (2N,) with ``reduction="none"``.
+
+    Example:
+        >>> import math
+        >>> z = torch.ones(4, 3)
+        >>> loss = contrastive(z, z, tau=1.0, decoupled=True, sigma=None, normalize=True,
+        ...     reduction="mean", gather_distributed=False, block_size=None, impl="fused",
+        ...     name="DCL")
+        >>> round(loss.item(), 4) == round(math.log(2 * 4 - 2), 4)
+        True
+
+    Taught in notebook 04.
+    """
     tau, sigma = _check_options(tau, sigma, reduction, impl, block_size)
     check_embeddings(z1, z2, min_pairs=2 if decoupled else 1, loss=name, check_values=False)
     n = z1.shape[0]
@@ -121,18 +159,8 @@ def contrastive(
             negatives = negatives.to(dtype)  # (K, D)
             if normalize:
                 negatives = normalize_rows(negatives, neg_peaks.to(dtype))  # (K, D)
-        z1, z2 = za[:n], za[n:]  # (n, D) each
 
-        if world == 1:
-            zc = za  # (2N, D) the candidates are the anchors
-            rows = None if symmetric else torch.arange(2 * n, device=za.device)  # (2N,)
-        else:
-            z1_all = dist_utils.gather_with_grad(z1)  # (nW, D)
-            z2_all = dist_utils.gather_with_grad(z2)  # (nW, D)
-            zc = torch.cat([z1_all, z2_all])  # (2nW, D)
-            local = torch.arange(n, device=za.device) + rank * n  # (n,)
-            rows = torch.cat([local, local + n * world])  # (2n,)
-
+        zc, rows = _candidates(za, rank, world, symmetric)  # (2nW, D), (2n,) or None
         if sigma is None:
             weights = torch.ones(2 * n, dtype=dtype, device=za.device)  # (2n,)
         elif symmetric:  # the kernel computes them from the rows it normalises itself
